@@ -1,0 +1,1 @@
+"""Client side: inference backends, bulk runners, reports, the local server lifecycle."""

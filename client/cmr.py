@@ -1,0 +1,291 @@
+"""Bulk CMR-from-echo inference: rows in, per-video and per-study predictions out.
+
+Decoding runs in worker processes while the backend infers; clips from many videos are
+batched together per view. Each finished row goes to the journal at once, so an
+interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import time
+from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from echodeploy.client.backends import Backend, check_model
+from echodeploy.client.inputs import STUDY, TARGET
+from echodeploy.client.metrics import binary_metrics, regression_metrics
+from echodeploy.client.records import Journal, fingerprint, write_csv_atomic
+from echodeploy.errors import EchodeployError, InputError
+from echodeploy.preprocessing.clips import load_clips
+from echodeploy.preprocessing.video import ClipMode
+from echodeploy.specs import TASKS, VIEWS, ClipSpec, ModelSpec, cmr_model
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ("status", "error", "notes", "clips", "untrained", "decode_s")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CmrOptions:
+    tasks: tuple[str, ...] = ("wma", "scar")
+    clips: ClipMode = "first"
+    batch_size: int = 10
+    workers: int = 1
+    fps: float | None = None
+    target_task: str | None = None
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.workers < 0:
+            raise EchodeployError("--batch-size must be >= 1 and --workers >= 0")
+        if self.clips not in ("first", "all"):
+            raise EchodeployError(f"--clips must be 'first' or 'all', got {self.clips!r}")
+
+
+@dataclass
+class CmrSummary:
+    out_dir: Path
+    counts: dict[str, int]
+    untrained_models: list[str]
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def all_ok(self) -> bool:
+        return set(self.counts) <= {"ok"}
+
+
+def row_key(index: int, row: pd.Series) -> str:
+    return f"{index}|{row['path']}"
+
+
+def decode_row(path: str | None, clip: ClipSpec, mode: ClipMode, fps: float | None):
+    """Worker: (clips or None, result fields). Bad input is reported, never raised."""
+    start = time.perf_counter()
+    try:
+        if path is None:
+            raise InputError("row names no file", "missing")
+        clips, notes = load_clips(Path(path), clip, mode, fps)
+        fields = {"status": "ok", "error": "", "notes": "; ".join(notes)}
+    except InputError as exc:
+        clips, fields = None, {"status": exc.status, "error": str(exc), "notes": ""}
+    except Exception as exc:  # a reader crash on one file must not end the run
+        clips, fields = None, {"status": "error", "error": f"{type(exc).__name__}: {exc}", "notes": ""}
+    fields["decode_s"] = round(time.perf_counter() - start, 4)
+    return clips, fields
+
+
+class _InlineExecutor(Executor):
+    """`--workers 0`: decode in the main process (debugging, tiny runs)."""
+
+    def submit(self, fn, *args):
+        future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
+def _ordered_results(executor: Executor, jobs, window: int):
+    """Submit jobs lazily, at most `window` ahead, yielding (job, result) in input order."""
+    queue = deque()
+    for job in jobs:
+        queue.append((job, executor.submit(*job[1])))
+        if len(queue) >= window:
+            job, future = queue.popleft()
+            yield job, future.result()
+    while queue:
+        job, future = queue.popleft()
+        yield job, future.result()
+
+
+class _ViewBatcher:
+    """Collects clips of one view from many videos and infers them in full batches."""
+
+    def __init__(self, backend: Backend, specs: list[ModelSpec], batch_size: int):
+        self.backend, self.specs, self.batch_size = backend, specs, batch_size
+        self.pieces: deque = deque()  # (key, clips)
+        self.queued = 0
+        self.rows: dict[str, dict] = {}  # key -> {"remaining", "sums", "record"}
+
+    def add(self, key: str, clips: np.ndarray, record: dict) -> list[dict]:
+        self.rows[key] = {"remaining": len(clips), "sums": {}, "record": record}
+        self.pieces.append((key, clips))
+        self.queued += len(clips)
+        finished = []
+        while self.queued >= self.batch_size:
+            finished += self._run(self.batch_size)
+        return finished
+
+    def flush(self) -> list[dict]:
+        finished = []
+        while self.queued:
+            finished += self._run(min(self.queued, self.batch_size))
+        return finished
+
+    def _take(self, count: int) -> list[tuple[str, np.ndarray]]:
+        taken = []
+        while count:
+            key, clips = self.pieces.popleft()
+            if len(clips) > count:
+                self.pieces.appendleft((key, clips[count:]))
+                clips = clips[:count]
+            taken.append((key, clips))
+            count -= len(clips)
+            self.queued -= len(clips)
+        return taken
+
+    def _run(self, count: int) -> list[dict]:
+        taken = self._take(count)
+        batch = np.concatenate([clips for _, clips in taken])
+        outputs = {}
+        for spec in self.specs:
+            outputs.update(self.backend.infer(spec.name, {spec.inputs[0].name: batch}))
+        finished, offset = [], 0
+        for key, clips in taken:
+            state = self.rows[key]
+            for name, values in outputs.items():
+                state["sums"][name] = state["sums"].get(name, 0.0) + float(values[offset:offset + len(clips)].sum())
+            offset += len(clips)
+            state["remaining"] -= len(clips)
+            if state["remaining"] == 0:
+                record = self.rows.pop(key)["record"]
+                record["outputs"] = {n: s / record["clips"] for n, s in state["sums"].items()}
+                finished.append(record)
+        return finished
+
+
+def prepare_models(backend: Backend, views, tasks) -> tuple[dict[str, list[ModelSpec]], list[str]]:
+    """Specs per view, verified against what the backend serves; names of untrained models."""
+    specs, untrained = {}, []
+    for view in views:
+        specs[view] = [cmr_model(view, task) for task in tasks]
+        for spec in specs[view]:
+            info = backend.model_info(spec.name)
+            check_model(spec, info)
+            if info.untrained:
+                untrained.append(spec.name)
+    return specs, untrained
+
+
+def run_cmr(inputs: pd.DataFrame, backend: Backend, out_dir: Path, options: CmrOptions) -> CmrSummary:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    known_views = sorted({v for v in inputs["view"] if v in VIEWS})
+    specs, untrained = prepare_models(backend, known_views, options.tasks)
+    if untrained:
+        log.warning("UNTRAINED MODELS (seeded random weights, not predictions): %s", ", ".join(untrained))
+    clip = ClipSpec()
+    keys = [row_key(i, row) for i, row in inputs.iterrows()]
+    prints = [fingerprint(p) for p in inputs["path"]]
+    with Journal(out_dir / "records.jsonl") as journal:
+        todo = [i for i, (k, fp) in enumerate(zip(keys, prints)) if not journal.is_done(k, fp)]
+        if len(todo) < len(inputs):
+            log.info("resuming: %d of %d rows already done", len(inputs) - len(todo), len(inputs))
+        try:
+            _process(inputs, todo, keys, prints, specs, untrained, backend, journal, options, clip)
+        finally:
+            summary = write_outputs(inputs, keys, journal.records, out_dir, options, untrained)
+    return summary
+
+
+def _process(inputs, todo, keys, prints, specs, untrained, backend, journal, options, clip):
+    batchers = {view: _ViewBatcher(backend, view_specs, options.batch_size) for view, view_specs in specs.items()}
+    jobs = [(i, (decode_row, inputs.at[i, "path"], clip, options.clips, options.fps)) for i in todo]
+    if options.workers:
+        executor = ProcessPoolExecutor(options.workers, mp_context=multiprocessing.get_context("spawn"))
+    else:
+        executor = _InlineExecutor()
+    window = max(2 * options.workers, 1) + options.batch_size
+    with executor, tqdm(total=len(inputs), initial=len(inputs) - len(todo), unit="video",
+                        desc="cmr", dynamic_ncols=True) as progress:
+        for (i, _), (clips, fields) in _ordered_results(executor, jobs, window):
+            view = inputs.at[i, "view"]
+            record = {"key": keys[i], "fingerprint": prints[i], **fields, "outputs": {},
+                      "clips": 0, "untrained": False}
+            if clips is not None and view not in VIEWS:
+                record.update(status="error", error=f"unknown view {view!r}; known: {', '.join(VIEWS)}")
+            if record["status"] != "ok":
+                journal.append([record])
+                progress.update(1)
+                continue
+            record["clips"] = len(clips)
+            record["untrained"] = any(s.name in untrained for s in specs[view])
+            finished = batchers[view].add(keys[i], clips, record)
+            journal.append(finished)
+            progress.update(len(finished))
+        for batcher in batchers.values():
+            finished = batcher.flush()
+            journal.append(finished)
+            progress.update(len(finished))
+
+
+def predictions_table(inputs: pd.DataFrame, keys: list[str], records: dict[str, dict],
+                      tasks: tuple[str, ...]) -> pd.DataFrame:
+    """The input rows, in order, with status, reason and one column per task output."""
+    table = inputs.copy()
+    outputs = [TASKS[t].output for t in tasks]
+    rows = [records.get(k) or {"status": "pending", "error": "not processed yet (interrupted)"} for k in keys]
+    for column in RESULT_COLUMNS:
+        table[column] = [r.get(column, "") for r in rows]
+    for name in outputs:
+        table[name] = [r.get("outputs", {}).get(name, np.nan) for r in rows]
+    return table
+
+
+def studies_table(predictions: pd.DataFrame, tasks: tuple[str, ...]) -> pd.DataFrame:
+    """Per study and task: mean over videos per view, and the mean of those view means."""
+    ok = predictions[predictions["status"] == "ok"]
+    rows = []
+    for study, group in ok.groupby(STUDY, sort=True, dropna=False):
+        for task in tasks:
+            output = TASKS[task].output
+            per_view = group.groupby("view")[output].mean()
+            rows.append({
+                STUDY: study, "task": task, "output": output, "n_videos": len(group),
+                **{view: per_view.get(view, np.nan) for view in VIEWS},
+                "all_views": per_view.mean(),
+                "untrained": bool(group["untrained"].astype(bool).any()),
+            })
+    return pd.DataFrame(rows, columns=[STUDY, "task", "output", "n_videos", *VIEWS, "all_views", "untrained"])
+
+
+def evaluate(predictions: pd.DataFrame, studies: pd.DataFrame, task: str) -> dict:
+    """Metrics of `task` against TARGET, per view and pooled (videos) and per study."""
+    spec = TASKS[task]
+    score = binary_metrics if spec.kind == "binary" else regression_metrics
+    ok = predictions[(predictions["status"] == "ok") & predictions[TARGET].notna()]
+    target = pd.to_numeric(ok[TARGET], errors="coerce")
+    result = {"task": task, "kind": spec.kind, "videos": {"all": score(target, ok[spec.output])}}
+    for view, group in ok.groupby("view"):
+        result["videos"][view] = score(pd.to_numeric(group[TARGET], errors="coerce"), group[spec.output])
+    study_target = ok.groupby(STUDY)[TARGET].first()
+    per_study = studies[studies["task"] == task].set_index(STUDY)["all_views"]
+    joined = pd.concat([pd.to_numeric(study_target, errors="coerce"), per_study], axis=1, join="inner")
+    result["studies"] = score(joined.iloc[:, 0], joined.iloc[:, 1])
+    return result
+
+
+def write_outputs(inputs, keys, records, out_dir: Path, options: CmrOptions, untrained) -> CmrSummary:
+    predictions = predictions_table(inputs, keys, records, options.tasks)
+    studies = studies_table(predictions, options.tasks)
+    write_csv_atomic(predictions, out_dir / "predictions.csv")
+    write_csv_atomic(studies, out_dir / "studies.csv")
+    metrics = {}
+    target_task = options.target_task or (options.tasks[0] if len(options.tasks) == 1 else None)
+    if TARGET in predictions.columns:
+        if target_task is None:
+            log.warning("TARGET present but several tasks ran: pass --target-task to evaluate")
+        else:
+            metrics = evaluate(predictions, studies, target_task)
+            metrics["untrained"] = bool(untrained)
+            tmp = out_dir / "metrics.json.tmp"
+            tmp.write_text(json.dumps(metrics, indent=2))
+            tmp.replace(out_dir / "metrics.json")
+    counts = predictions["status"].value_counts().to_dict()
+    return CmrSummary(out_dir=out_dir, counts=counts, untrained_models=untrained, metrics=metrics)

@@ -1,0 +1,30 @@
+"""Error hierarchy.
+
+Bulk jobs record an `InputError` against the row that caused it and go on; every other
+`EchodeployError` is infrastructure (no weights, no server, a broken repository) and stops
+the run with one readable line.
+"""
+
+
+class EchodeployError(Exception):
+    """Anything the CLI reports as one line, without a traceback."""
+
+
+class InputError(EchodeployError):
+    """One input (video, DICOM, manifest row) cannot be used; `status` names the reason."""
+
+    def __init__(self, message: str, status: str = "error"):
+        super().__init__(message)
+        self.status = status
+
+
+class CheckpointError(EchodeployError):
+    """A checkpoint file does not fit the network it is loaded into."""
+
+
+class ExportError(EchodeployError):
+    """An exported model failed validation against its source network."""
+
+
+class BackendError(EchodeployError):
+    """The inference backend (a model, a server) is missing, unreachable or mismatched."""

@@ -1,0 +1,135 @@
+"""Synthetic echo files for the demo, the tests and the benchmarks.
+
+Echo-like cine loops (a fan-shaped sector with speckle and a beating cavity, burnt-in
+text and an ECG trace outside the sector), written as AVI or as cine DICOM in several
+transfer syntaxes and colour models. Nothing here is patient data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless, UltrasoundMultiFrameImageStorage, generate_uid,
+)
+
+
+def synthetic_echo(n_frames: int = 40, height: int = 120, width: int = 160, seed: int = 0,
+                   heart_rate_bpm: float = 75, fps: float = 50) -> np.ndarray:
+    """(T, H, W, 3) uint8 BGR frames of an apical-view-like loop."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    apex = (width / 2, 4.0)
+    angle = np.degrees(np.arctan2(xx - apex[0], yy - apex[1]))
+    radius = np.hypot(xx - apex[0], yy - apex[1])
+    sector = (np.abs(angle) < 35) & (radius < height * 0.92)
+    speckle = rng.gamma(2.0, 40.0, size=(height, width)).astype(np.float32)
+    cavity_x, cavity_y = width / 2 + rng.uniform(-6, 6), height * 0.5
+    frames = np.zeros((n_frames, height, width, 3), np.uint8)
+    for t in range(n_frames):
+        phase = np.sin(2 * np.pi * heart_rate_bpm / 60 * t / fps)
+        rx, ry = width * (0.12 + 0.03 * phase), height * (0.22 + 0.04 * phase)
+        cavity = ((xx - cavity_x) / rx) ** 2 + ((yy - cavity_y) / ry) ** 2 < 1
+        noise = rng.normal(1.0, 0.15, size=(height, width)).astype(np.float32)
+        gray = np.where(sector & ~cavity, speckle * noise, 6 * noise * sector).clip(0, 255).astype(np.uint8)
+        frame = np.repeat(gray[..., None], 3, axis=-1)
+        cv2.putText(frame, "ECHO 1.5MHz", (2, 10), cv2.FONT_HERSHEY_PLAIN, 0.7, (255, 255, 255), 1)
+        ecg_y = (height - 6 + 4 * np.sin(np.linspace(0, 6, width) + t / 3)).astype(int)
+        frame[ecg_y.clip(0, height - 1), np.arange(width)] = (0, 255, 0)
+        frames[t] = frame
+    return frames
+
+
+def write_avi(path: Path, frames: np.ndarray, fps: float = 50) -> Path:
+    """Write BGR frames as an MJPG AVI (readable by every OpenCV build)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def write_dicom_cine(path: Path, frames: np.ndarray, fps: float = 50, encoding: str = "raw",
+                     region: tuple[int, int, int, int] | None = None,
+                     patient: dict[str, str] | None = None) -> Path:
+    """Write BGR frames as an Ultrasound Multi-frame DICOM.
+
+    encoding: 'raw' (RGB, explicit little endian), 'rle' (RGB, RLE lossless),
+    'jpeg' (YBR_FULL_422, JPEG baseline) or 'palette' (8-bit palette colour, grey LUT).
+    region: inclusive (x0, y0, x1, y1) of a 2D region in (0018,6011), or None for no sequence.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.ascontiguousarray(frames[..., ::-1])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    for keyword, value in (patient or {}).items():
+        setattr(ds, keyword, value)
+    ds.NumberOfFrames = len(frames)
+    ds.Rows, ds.Columns = frames.shape[1:3]
+    ds.FrameTime = f"{1000.0 / fps:.4f}"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    if region is not None:
+        item = pydicom.Dataset()
+        item.RegionSpatialFormat, item.RegionDataType = 1, 1
+        (item.RegionLocationMinX0, item.RegionLocationMinY0,
+         item.RegionLocationMaxX1, item.RegionLocationMaxY1) = region
+        ds.SequenceOfUltrasoundRegions = [item]
+    if encoding == "palette":
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "PALETTE COLOR"
+        lut = (np.arange(256, dtype=np.uint16) * 257).tobytes()
+        for colour in ("Red", "Green", "Blue"):
+            setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+            setattr(ds, f"{colour}PaletteColorLookupTableData", lut)
+        ds.PixelData = np.ascontiguousarray(rgb.mean(axis=-1).astype(np.uint8)).tobytes()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    else:
+        ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+        ds.PhotometricInterpretation = "RGB"
+        ds.PixelData = rgb.tobytes()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        if encoding == "rle":
+            ds.compress(RLELossless, encoding_plugin="pydicom")
+        elif encoding == "jpeg":
+            ds.PixelData = encapsulate([cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+                                        for f in frames])
+            ds["PixelData"].VR = "OB"
+            ds.PhotometricInterpretation = "YBR_FULL_422"
+            meta.TransferSyntaxUID = JPEGBaseline8Bit
+        elif encoding != "raw":
+            raise ValueError(f"unknown encoding {encoding!r}")
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_demo_study(folder: Path, studies: int = 6, videos_per_study: int = 2, seed: int = 0) -> Path:
+    """A4C AVIs of several studies and a manifest in the cardiac_mri format; returns its path."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    rows = ["Study_Unique_ID,Video_Unique_ID,frames,TARGET"]
+    for s in range(studies):
+        target = int(rng.integers(0, 2))
+        for v in range(videos_per_study):
+            video_id = f"S{s:03d}_V{v}"
+            n_frames = int(rng.integers(36, 60))
+            frames = synthetic_echo(n_frames, seed=seed * 1000 + s * 10 + v,
+                                    heart_rate_bpm=float(rng.uniform(55, 110)))
+            write_avi(folder / f"{video_id}.avi", frames)
+            rows.append(f"S{s:03d},{video_id},{n_frames},{target}")
+    manifest = folder / "A4C_Scar_Binary.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest

@@ -1,0 +1,151 @@
+"""Model specs: the one place that says what each deployable model is.
+
+Export, the model repository and the client all read these specs; none of them
+redefines a tensor name, a dtype, a shape or a task.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from echodeploy.errors import EchodeployError
+
+VIEWS = ("A4C", "A2C", "PLAX")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClipSpec:
+    """How a clip is cut from a video: the cardiac_mri seed's clip by default.
+
+    `window` consecutive source frames starting at a clip start, every `stride`-th one
+    kept, cropped to a centred square and resized (bicubic) to `size` x `size`.
+    Channels stay in OpenCV's decoding order (BGR); values stay uint8 until the model.
+    """
+
+    frames: int = 16
+    stride: int = 2
+    size: int = 112
+    channel_order: str = "BGR"
+
+    def __post_init__(self):
+        if self.frames < 1 or self.stride < 1 or self.size < 8:
+            raise ValueError(f"invalid clip spec {self}")
+
+    @property
+    def window(self) -> int:
+        """Source frames a clip needs; shorter videos are 'too_short' (32 for the seed)."""
+        return self.frames * self.stride
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """Model input layout (C, T, H, W)."""
+        return (3, self.frames, self.size, self.size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """A CMR finding predicted from echo."""
+
+    name: str
+    kind: Literal["binary", "regression"]
+    description: str
+    checkpoint_stem: str  # weights file `<VIEW>_<stem>.pt`
+    published: bool = False  # released weights exist for this task
+
+    @property
+    def output(self) -> str:
+        return f"{self.name}_prob" if self.kind == "binary" else f"{self.name}_value"
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task(name="wma", kind="binary", description="wall-motion abnormality",
+             checkpoint_stem="WallMotoion", published=True),  # (sic): the published file name
+        Task(name="scar", kind="binary", description="myocardial scar (LGE)",
+             checkpoint_stem="Scar", published=True),
+        Task(name="t1", kind="regression", description="native T1 time", checkpoint_stem="T1"),
+        Task(name="t2", kind="regression", description="T2 time", checkpoint_stem="T2"),
+        Task(name="ecv", kind="regression", description="ECV fraction", checkpoint_stem="ECV"),
+        Task(name="ecv_high", kind="binary", description="elevated ECV fraction",
+             checkpoint_stem="ECV_Binary"),
+    )
+}
+PUBLISHED_TASKS = tuple(name for name, t in TASKS.items() if t.published)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[int, ...]  # without the batch dimension
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """A deployable network: batch-first inputs and outputs of fixed per-item shape."""
+
+    name: str
+    family: Literal["cmr"]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    flops_per_item: int
+    view: str = ""
+    task: str = ""
+    clip: ClipSpec = field(default_factory=ClipSpec)
+
+    @property
+    def kind(self) -> str:
+        return TASKS[self.task].kind
+
+    def metadata(self) -> dict[str, str]:
+        """What the exported file and the repository declare, and the client verifies."""
+        return {
+            "echodeploy.model": self.name,
+            "echodeploy.view": self.view,
+            "echodeploy.task": self.task,
+            "echodeploy.kind": self.kind,
+            "echodeploy.clip": json.dumps(asdict(self.clip), sort_keys=True),
+        }
+
+
+R2PLUS1D_FLOPS = 81_037_753_344  # per 16x112x112 clip (fixtures/state_dicts/r2plus1d_18.json)
+
+
+def _check_known(kind: str, value: str, known) -> None:
+    if value not in known:
+        raise EchodeployError(f"unknown {kind} {value!r}; known: {', '.join(known)}")
+
+
+def cmr_model(view: str, task: str, clip: ClipSpec = ClipSpec()) -> ModelSpec:
+    """Spec of the R(2+1)D-18 network predicting `task` from `view` clips."""
+    view = view.upper()
+    _check_known("view", view, VIEWS)
+    _check_known("task", task, TASKS)
+    return ModelSpec(
+        name=f"cmr_{view.lower()}_{task}",
+        family="cmr",
+        view=view,
+        task=task,
+        clip=clip,
+        inputs=(TensorSpec(name="clip", dtype="uint8", shape=clip.shape),),
+        outputs=(TensorSpec(name=TASKS[task].output, dtype="float32", shape=(1,)),),
+        flops_per_item=R2PLUS1D_FLOPS,
+    )
+
+
+def parse_names(kind: str, text: str | None, known, default) -> tuple[str, ...]:
+    """Split a comma-separated CLI value and refuse unknown names (case-insensitive)."""
+    if not text:
+        return tuple(default)
+    lookup = {k.lower(): k for k in known}
+    names = []
+    for raw in text.split(","):
+        raw = raw.strip()
+        if raw.lower() == "all":
+            return tuple(known)
+        _check_known(kind, raw.lower(), lookup)
+        names.append(lookup[raw.lower()])
+    return tuple(dict.fromkeys(names))

@@ -1,0 +1,1 @@
+"""Everything that needs torch: networks, checkpoints, ONNX export, the model repository."""

@@ -1,0 +1,104 @@
+"""Export the CMR-from-echo networks (one R(2+1)D-18 per view x task) into a model repository."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from echodeploy.errors import CheckpointError
+from echodeploy.repository import model_file
+from echodeploy.specs import TASKS, VIEWS, ModelSpec, cmr_model
+from echodeploy.export.checkpoints import load_strict, read_checkpoint, sha256, strip_prefix
+from echodeploy.export.onnx_export import ExportReport, ServedClipModel, export_onnx, read_metadata
+from echodeploy.export.r2plus1d import R2Plus1D18
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "m."  # cardiac_mri saves the network as attribute `m` of a wrapper
+
+
+def find_checkpoints(weights_dir: Path) -> dict[tuple[str, str], Path]:
+    """Map `<VIEW>_<stem>.pt` files (published names, any case) to (view, task)."""
+    weights_dir = Path(weights_dir)
+    if not weights_dir.is_dir():
+        raise CheckpointError(f"{weights_dir}: weights directory not found")
+    by_name = {
+        f"{view}_{task.checkpoint_stem}.pt".lower(): (view, name)
+        for view in VIEWS
+        for name, task in TASKS.items()
+    }
+    found, unknown = {}, []
+    for path in sorted(weights_dir.iterdir()):
+        key = by_name.get(path.name.lower())
+        if key:
+            found[key] = path
+        elif path.suffix in (".pt", ".pth"):
+            unknown.append(path.name)
+    if unknown:
+        log.warning("ignoring weights with unknown names: %s (expected e.g. %s)",
+                    ", ".join(unknown), ", ".join(sorted(by_name)[:3]))
+    return found
+
+
+def load_cmr_network(path: Path) -> R2Plus1D18:
+    """R(2+1)D-18 with weights from a cardiac_mri checkpoint (flat, `m.`-prefixed keys)."""
+    state = strip_prefix(read_checkpoint(path), CHECKPOINT_PREFIX)
+    return load_strict(R2Plus1D18(num_classes=1), state, source=str(path)).eval()
+
+
+def seeded_network(spec: ModelSpec, seed: int) -> R2Plus1D18:
+    """Untrained network with reproducible random weights (distinct per model name)."""
+    torch.manual_seed(seed + zlib.crc32(spec.name.encode()))
+    return R2Plus1D18(num_classes=1).eval()
+
+
+@dataclass(frozen=True)
+class CmrExport:
+    spec: ModelSpec
+    report: ExportReport | None  # None when an identical export was already there
+    untrained: bool
+
+
+def export_cmr_models(
+    repository: Path,
+    views=VIEWS,
+    tasks=("wma", "scar"),
+    weights_dir: Path | None = None,
+    seed: int = 0,
+    force: bool = False,
+) -> list[CmrExport]:
+    """Export each requested view x task: real weights when found, else seeded random ones.
+
+    With a weights directory, a missing checkpoint is an error; without one, every model
+    is untrained and its metadata says so.
+    """
+    checkpoints = find_checkpoints(weights_dir) if weights_dir is not None else {}
+    results = []
+    for view in views:
+        for task in tasks:
+            spec = cmr_model(view, task)
+            ckpt = checkpoints.get((view, task))
+            if weights_dir is not None and ckpt is None:
+                raise CheckpointError(
+                    f"no checkpoint for {view} {task} in {weights_dir} "
+                    f"(expected {view}_{TASKS[task].checkpoint_stem}.pt)"
+                )
+            metadata = {
+                **spec.metadata(),
+                "echodeploy.checkpoint_sha256": sha256(ckpt) if ckpt else "",
+                "echodeploy.random_seed": "" if ckpt else str(seed),
+                "echodeploy.untrained": "false" if ckpt else "true",
+                "echodeploy.exporter": f"torch-{torch.__version__}",
+            }
+            path = model_file(repository, spec.name)
+            if not force and path.exists() and read_metadata(path) == metadata:
+                results.append(CmrExport(spec=spec, report=None, untrained=ckpt is None))
+                continue
+            net = load_cmr_network(ckpt) if ckpt else seeded_network(spec, seed)
+            report = export_onnx(ServedClipModel(net, spec.kind), spec, path, metadata)
+            results.append(CmrExport(spec=spec, report=report, untrained=ckpt is None))
+    return results

@@ -1,0 +1,126 @@
+"""ONNX export with validation built in: a file that fails parity is never left behind.
+
+The exported graph takes the client's uint8 clip batch and does the server-side
+normalisation itself (uint8 -> float /255 -> network -> sigmoid for binary tasks).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import Tensor, nn
+
+from echodeploy.errors import ExportError
+from echodeploy.specs import ModelSpec
+
+OPSET = 17
+PARITY_ATOL = 1e-4
+VALIDATION_BATCHES = (1, 3)
+
+
+class ServedClipModel(nn.Module):
+    """uint8 (N,C,T,H,W) clip -> probability (binary) or value (regression), shape (N,1)."""
+
+    def __init__(self, net: nn.Module, kind: str):
+        super().__init__()
+        self.net = net
+        self.binary = kind == "binary"
+
+    def forward(self, clip: Tensor) -> Tensor:
+        logits = self.net(clip.float() / 255.0)
+        return torch.sigmoid(logits) if self.binary else logits
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    max_abs_diff: dict[str, float]
+
+
+def _sample_inputs(spec: ModelSpec, batch: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        t.name: rng.integers(0, 256, size=(batch, *t.shape)).astype(t.dtype)
+        if t.dtype == "uint8"
+        else rng.uniform(0, 255, size=(batch, *t.shape)).astype(t.dtype)
+        for t in spec.inputs
+    }
+
+
+def validate(path: Path, module: nn.Module, spec: ModelSpec, atol: float = PARITY_ATOL) -> dict[str, float]:
+    """Check names, dynamic batch, shapes and values of an ONNX file against its torch module.
+
+    Collects every failure and raises once; returns the max abs difference per output.
+    """
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    failures = []
+    got_in = [i.name for i in session.get_inputs()]
+    got_out = [o.name for o in session.get_outputs()]
+    want_in = [t.name for t in spec.inputs]
+    want_out = [t.name for t in spec.outputs]
+    if got_in != want_in or got_out != want_out:
+        raise ExportError(f"{path}: tensors {got_in}->{got_out}, expected {want_in}->{want_out}")
+    for i in session.get_inputs():
+        if isinstance(i.shape[0], int):
+            failures.append(f"input {i.name} has a fixed batch dimension {i.shape[0]}")
+    max_diff = dict.fromkeys(want_out, 0.0)
+    for batch in VALIDATION_BATCHES:
+        feeds = _sample_inputs(spec, batch, seed=batch)
+        onnx_out = session.run(want_out, feeds)
+        with torch.no_grad():
+            torch_out = module(*(torch.from_numpy(feeds[n]) for n in want_in))
+        torch_out = torch_out if isinstance(torch_out, tuple) else (torch_out,)
+        for tensor, got, ref in zip(spec.outputs, onnx_out, torch_out):
+            ref = ref.numpy()
+            if got.shape != (batch, *tensor.shape) or ref.shape != got.shape:
+                failures.append(f"{tensor.name} at batch {batch}: shape {got.shape}, torch {ref.shape}")
+                continue
+            max_diff[tensor.name] = max(max_diff[tensor.name], float(np.abs(got - ref).max()))
+    for name, diff in max_diff.items():
+        if not diff <= atol:
+            failures.append(f"{name}: max abs difference {diff:.3g} > {atol:g}")
+    if failures:
+        raise ExportError(f"{path} failed validation: " + "; ".join(failures))
+    return max_diff
+
+
+def export_onnx(module: nn.Module, spec: ModelSpec, path: Path, metadata: dict[str, str]) -> ExportReport:
+    """Write `module` as ONNX at `path` (dynamic batch, `spec` tensor names), then validate it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".onnx.tmp")
+    module = module.eval()
+    example = tuple(torch.from_numpy(v) for v in _sample_inputs(spec, 1, seed=0).values())
+    names = [t.name for t in (*spec.inputs, *spec.outputs)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, example, str(tmp),
+            input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs],
+            dynamic_axes={n: {0: "batch"} for n in names},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    model = onnx.load(str(tmp))
+    onnx.helper.set_model_props(model, metadata)
+    onnx.save(model, str(tmp))
+    try:
+        diffs = validate(tmp, module, spec)
+    except ExportError:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+    return ExportReport(path=path, max_abs_diff=diffs)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """Metadata of an exported file, without loading its weights."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
