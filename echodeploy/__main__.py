@@ -1,0 +1,3 @@
+from echodeploy.cli import app
+
+app(prog_name="echodeploy")
