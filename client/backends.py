@@ -33,7 +33,10 @@ class Backend(Protocol):
 
     def model_info(self, model: str) -> ModelInfo: ...
 
-    def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def has_model(self, model: str) -> bool: ...
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray],
+              outputs: list[str] | None = None) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
 
@@ -81,9 +84,13 @@ class OnnxRuntimeBackend:
         meta = self._session(model).get_modelmeta().custom_metadata_map
         return ModelInfo(metadata=dict(meta), max_batch_size=0)
 
-    def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def has_model(self, model: str) -> bool:
+        return model_file(self.repository, model).is_file()
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray],
+              outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         session = self._session(model)
-        names = [o.name for o in session.get_outputs()]
+        names = outputs or [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, inputs)))
 
     def close(self) -> None:

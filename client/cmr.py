@@ -24,10 +24,10 @@ from echodeploy.client.backends import Backend, check_model
 from echodeploy.client.inputs import STUDY, TARGET
 from echodeploy.client.metrics import binary_metrics, regression_metrics
 from echodeploy.client.records import Journal, fingerprint, write_csv_atomic
-from echodeploy.errors import EchodeployError, InputError
+from echodeploy.errors import EchodeployError, InputError, RequestError
 from echodeploy.preprocessing.clips import load_clips
 from echodeploy.preprocessing.video import ClipMode
-from echodeploy.specs import TASKS, VIEWS, ClipSpec, ModelSpec, cmr_model
+from echodeploy.specs import TASKS, VIEWS, ClipSpec, cmr_model, view_ensemble_name
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,14 @@ def _ordered_results(executor: Executor, jobs, window: int):
 
 
 class _ViewBatcher:
-    """Collects clips of one view from many videos and infers them in full batches."""
+    """Collects clips of one view from many videos and infers them in full batches.
 
-    def __init__(self, backend: Backend, specs: list[ModelSpec], batch_size: int):
-        self.backend, self.specs, self.batch_size = backend, specs, batch_size
+    `calls` are the (model, outputs) requests that produce every task output for a batch:
+    one ensemble call on Triton, or one call per task model.
+    """
+
+    def __init__(self, backend: Backend, calls: list[tuple[str, list[str]]], batch_size: int):
+        self.backend, self.calls, self.batch_size = backend, calls, batch_size
         self.pieces: deque = deque()  # (key, clips)
         self.queued = 0
         self.rows: dict[str, dict] = {}  # key -> {"remaining", "sums", "record"}
@@ -119,13 +123,13 @@ class _ViewBatcher:
         self.queued += len(clips)
         finished = []
         while self.queued >= self.batch_size:
-            finished += self._run(self.batch_size)
+            finished += self._run(self._take(self.batch_size))
         return finished
 
     def flush(self) -> list[dict]:
         finished = []
         while self.queued:
-            finished += self._run(min(self.queued, self.batch_size))
+            finished += self._run(self._take(min(self.queued, self.batch_size)))
         return finished
 
     def _take(self, count: int) -> list[tuple[str, np.ndarray]]:
@@ -140,15 +144,25 @@ class _ViewBatcher:
             self.queued -= len(clips)
         return taken
 
-    def _run(self, count: int) -> list[dict]:
-        taken = self._take(count)
-        batch = np.concatenate([clips for _, clips in taken])
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         outputs = {}
-        for spec in self.specs:
-            outputs.update(self.backend.infer(spec.name, {spec.inputs[0].name: batch}))
+        for model, names in self.calls:
+            outputs.update(self.backend.infer(model, {"clip": batch}, names))
+        return outputs
+
+    def _run(self, taken: list[tuple[str, np.ndarray]]) -> list[dict]:
+        try:
+            outputs = self._infer(np.concatenate([clips for _, clips in taken]))
+        except RequestError as exc:
+            if len({key for key, _ in taken}) == 1:
+                return self._fail(taken[0][0], str(exc))
+            return [record for piece in taken for record in self._run([piece])]  # isolate the bad row
         finished, offset = [], 0
         for key, clips in taken:
-            state = self.rows[key]
+            state = self.rows.get(key)
+            if state is None:  # the row already failed in an earlier piece
+                offset += len(clips)
+                continue
             for name, values in outputs.items():
                 state["sums"][name] = state["sums"].get(name, 0.0) + float(values[offset:offset + len(clips)].sum())
             offset += len(clips)
@@ -159,25 +173,42 @@ class _ViewBatcher:
                 finished.append(record)
         return finished
 
+    def _fail(self, key: str, reason: str) -> list[dict]:
+        self.pieces = deque(piece for piece in self.pieces if piece[0] != key)
+        self.queued = sum(len(clips) for _, clips in self.pieces)
+        record = self.rows.pop(key)["record"]
+        record.update(status="error", error=reason, clips=0)
+        return [record]
 
-def prepare_models(backend: Backend, views, tasks) -> tuple[dict[str, list[ModelSpec]], list[str]]:
-    """Specs per view, verified against what the backend serves; names of untrained models."""
-    specs, untrained = {}, []
+
+def prepare_models(backend: Backend, views, tasks) -> tuple[dict[str, list], list[str]]:
+    """Inference calls per view, verified against what the backend serves; untrained models.
+
+    The view's ensemble is used when the backend serves one covering every task.
+    """
+    calls, untrained = {}, []
     for view in views:
-        specs[view] = [cmr_model(view, task) for task in tasks]
-        for spec in specs[view]:
+        specs = [cmr_model(view, task) for task in tasks]
+        for spec in specs:
             info = backend.model_info(spec.name)
             check_model(spec, info)
             if info.untrained:
                 untrained.append(spec.name)
-    return specs, untrained
+        outputs = [spec.outputs[0].name for spec in specs]
+        ensemble = view_ensemble_name(view)
+        if backend.has_model(ensemble) and set(tasks) <= set(
+                backend.model_info(ensemble).metadata.get("echodeploy.tasks", "").split(",")):
+            calls[view] = [(ensemble, outputs)]
+        else:
+            calls[view] = [(spec.name, [spec.outputs[0].name]) for spec in specs]
+    return calls, untrained
 
 
 def run_cmr(inputs: pd.DataFrame, backend: Backend, out_dir: Path, options: CmrOptions) -> CmrSummary:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     known_views = sorted({v for v in inputs["view"] if v in VIEWS})
-    specs, untrained = prepare_models(backend, known_views, options.tasks)
+    calls, untrained = prepare_models(backend, known_views, options.tasks)
     if untrained:
         log.warning("UNTRAINED MODELS (seeded random weights, not predictions): %s", ", ".join(untrained))
     clip = ClipSpec()
@@ -188,14 +219,14 @@ def run_cmr(inputs: pd.DataFrame, backend: Backend, out_dir: Path, options: CmrO
         if len(todo) < len(inputs):
             log.info("resuming: %d of %d rows already done", len(inputs) - len(todo), len(inputs))
         try:
-            _process(inputs, todo, keys, prints, specs, untrained, backend, journal, options, clip)
+            _process(inputs, todo, keys, prints, calls, untrained, backend, journal, options, clip)
         finally:
             summary = write_outputs(inputs, keys, journal.records, out_dir, options, untrained)
     return summary
 
 
-def _process(inputs, todo, keys, prints, specs, untrained, backend, journal, options, clip):
-    batchers = {view: _ViewBatcher(backend, view_specs, options.batch_size) for view, view_specs in specs.items()}
+def _process(inputs, todo, keys, prints, calls, untrained, backend, journal, options, clip):
+    batchers = {view: _ViewBatcher(backend, view_calls, options.batch_size) for view, view_calls in calls.items()}
     jobs = [(i, (decode_row, inputs.at[i, "path"], clip, options.clips, options.fps)) for i in todo]
     if options.workers:
         executor = ProcessPoolExecutor(options.workers, mp_context=multiprocessing.get_context("spawn"))
@@ -215,7 +246,7 @@ def _process(inputs, todo, keys, prints, specs, untrained, backend, journal, opt
                 progress.update(1)
                 continue
             record["clips"] = len(clips)
-            record["untrained"] = any(s.name in untrained for s in specs[view])
+            record["untrained"] = any(cmr_model(view, t).name in untrained for t in options.tasks)
             finished = batchers[view].add(keys[i], clips, record)
             journal.append(finished)
             progress.update(len(finished))

@@ -15,6 +15,7 @@ import typer
 
 from echodeploy.errors import EchodeployError
 from echodeploy.repository import DEFAULT_REPOSITORY
+from echodeploy.client.server import DEFAULT_SERVER_ENV
 from echodeploy.specs import PUBLISHED_TASKS, TASKS, VIEWS, parse_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -32,6 +33,14 @@ Tasks = Annotated[Optional[str], typer.Option(
 Seed = Annotated[int, typer.Option(help="Seed of the random weights used when no checkpoint is given.")]
 BatchSize = Annotated[int, typer.Option(help="Clips per inference request (the seed used 10).")]
 Workers = Annotated[int, typer.Option(help="Decoding worker processes (0: decode in the main process).")]
+BackendName = Annotated[str, typer.Option("--backend", help="'onnxruntime' (embedded, default) or 'triton'.")]
+Urls = Annotated[Optional[list[str]], typer.Option(
+    "--url", envvar="ECHODEPLOY_TRITON_URL",
+    help="Triton server HOST:PORT (repeat to spread requests over several servers).")]
+Protocol = Annotated[str, typer.Option(help="Triton protocol: grpc or http.")]
+MaxInFlight = Annotated[int, typer.Option(help="Triton requests in flight at once.")]
+ServerEnv = Annotated[Path, typer.Option(envvar="ECHODEPLOY_SERVER_ENV",
+                                         help="Virtual environment of the local tritonserver (numpy 1.x).")]
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -60,15 +69,37 @@ def export(
     repository: Repository = DEFAULT_REPOSITORY,
     seed: Seed = 0,
     force: Annotated[bool, typer.Option(help="Re-export even if an identical model exists.")] = False,
+    target: Annotated[str, typer.Option(
+        help="Triton configs: 'cpu' (Python backend on ONNX Runtime, portable) or 'gpu' "
+             "(ONNX Runtime backend with TensorRT FP16, for NGC tritonserver).")] = "cpu",
+    max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size of every model.")] = 8,
+    instances: Annotated[int, typer.Option(help="Triton instances per model.")] = 1,
+    tensorrt: Annotated[bool, typer.Option(help="Also build TensorRT plans (needs trtexec; gpu target).")] = False,
 ):
-    """Export R(2+1)D-18 models to ONNX in the model repository, parity-checked against torch."""
+    """Export R(2+1)D-18 models to ONNX (parity-checked against torch) and write a Triton repository."""
     try:
         if (weights_dir is None) == (not untrained):
             raise EchodeployError("pass --weights-dir DIR, or --untrained for seeded random weights")
+        if target not in ("cpu", "gpu"):
+            raise EchodeployError(f"--target must be cpu or gpu, got {target!r}")
+        if tensorrt and target != "gpu":
+            raise EchodeployError("--tensorrt builds plans for the gpu target: add --target gpu")
         _export(repository, parse_names("view", views, VIEWS, VIEWS),
                 parse_names("task", tasks, TASKS, PUBLISHED_TASKS), weights_dir, seed, force)
+        _write_triton(repository, target, max_batch_size, instances, tensorrt)
     except EchodeployError as exc:
         _fail(str(exc))
+
+
+def _write_triton(repository: Path, target: str, max_batch_size: int, instances: int, tensorrt: bool) -> None:
+    from echodeploy.export.triton.repository import write_triton_repository
+
+    names = write_triton_repository(repository, target, max_batch_size, instances)
+    typer.echo(f"Triton {target} repository: {', '.join(names)} in {repository}")
+    if tensorrt:
+        from echodeploy.export.triton.tensorrt import build_plans
+
+        typer.echo(f"TensorRT plans: {', '.join(build_plans(repository, max_batch_size))}")
 
 
 def _export(repository: Path, views, tasks, weights_dir, seed: int, force: bool) -> None:
@@ -98,9 +129,12 @@ def cmr(
     batch_size: BatchSize = 10,
     workers: Workers = 1,
     repository: Repository = DEFAULT_REPOSITORY,
+    backend: BackendName = "onnxruntime",
+    url: Urls = None,
+    protocol: Protocol = "grpc",
+    max_in_flight: MaxInFlight = 4,
 ):
     """Predict CMR findings for every video of a manifest or folder."""
-    from echodeploy.client.backends import OnnxRuntimeBackend
     from echodeploy.client.cmr import CmrOptions
     from echodeploy.client.inputs import read_inputs
 
@@ -113,10 +147,24 @@ def cmr(
         if view:
             parse_names("view", view, VIEWS, ())
         inputs = read_inputs(source, view, data_root)
-        backend = OnnxRuntimeBackend(repository)
-        _run_cmr(inputs, backend, out, options)
+        _run_cmr(inputs, make_backend(backend, repository, url, protocol, max_in_flight), out, options)
     except EchodeployError as exc:
         _fail(str(exc))
+
+
+def make_backend(name: str, repository: Path, urls, protocol: str, max_in_flight: int):
+    """The embedded ONNX Runtime backend, or a Triton client for the given servers."""
+    if name == "onnxruntime":
+        from echodeploy.client.backends import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(repository)
+    if name == "triton":
+        if not urls:
+            raise EchodeployError("--backend triton needs --url HOST:PORT (start one with `echodeploy serve`)")
+        from echodeploy.client.triton_backend import TritonBackend
+
+        return TritonBackend(urls, protocol=protocol, max_in_flight=max_in_flight)
+    raise EchodeployError(f"unknown backend {name!r}; known: onnxruntime, triton")
 
 
 def _run_cmr(inputs, backend, out: Path, options) -> None:
@@ -128,6 +176,8 @@ def _run_cmr(inputs, backend, out: Path, options) -> None:
         typer.secho(f"interrupted: finished rows are kept in {out}; rerun the same command to resume",
                     fg="yellow", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
+    finally:
+        backend.close()
     _print_summary(summary)
     if not summary.all_ok:
         raise typer.Exit(EXIT_ITEM_ERRORS)
@@ -174,5 +224,40 @@ def demo(
         inputs = read_inputs(manifest, "A4C")
         _run_cmr(inputs, OnnxRuntimeBackend(repository), out / "cmr",
                  CmrOptions(tasks=tasks, workers=workers))
+    except EchodeployError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def serve(
+    repository: Repository = DEFAULT_REPOSITORY,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback unless you mean to expose it).")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Metrics port.")] = 8002,
+    server_env: ServerEnv = DEFAULT_SERVER_ENV,
+    setup: Annotated[bool, typer.Option(help="Create the server environment if missing.")] = True,
+):
+    """Serve the cpu-target repository with a local tritonserver until Ctrl-C."""
+    import time
+
+    from echodeploy.client.server import TritonServer, ensure_server_env
+
+    try:
+        if not (repository / "TARGET").exists():
+            raise EchodeployError(f"{repository} has no Triton configs: run `echodeploy export ... --target cpu`")
+        if setup:
+            ensure_server_env(server_env)
+        server = TritonServer(repository, env=server_env, host=host, http_port=http_port,
+                              grpc_port=grpc_port, metrics_port=metrics_port)
+        with server:
+            typer.echo(f"tritonserver ready: grpc {server.grpc_url}  http http://{server.http_url}  "
+                       f"metrics http://{host}:{server.metrics_port}/metrics  (Ctrl-C stops)")
+            typer.echo(f"use it: echodeploy cmr MANIFEST --backend triton --url {server.grpc_url} --out DIR")
+            while server.running:
+                time.sleep(0.5)
+            raise EchodeployError(f"tritonserver stopped unexpectedly:\n{server.log_tail()}")
+    except KeyboardInterrupt:
+        typer.echo("stopped")
     except EchodeployError as exc:
         _fail(str(exc))

@@ -28,3 +28,7 @@ class ExportError(EchodeployError):
 
 class BackendError(EchodeployError):
     """The inference backend (a model, a server) is missing, unreachable or mismatched."""
+
+
+class RequestError(BackendError):
+    """The backend refused one request (bad shape or dtype, model error); other requests go on."""

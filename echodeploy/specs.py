@@ -136,6 +136,11 @@ def cmr_model(view: str, task: str, clip: ClipSpec = ClipSpec()) -> ModelSpec:
     )
 
 
+def view_ensemble_name(view: str) -> str:
+    """Triton ensemble that fans one clip batch out to every task model of a view."""
+    return f"cmr_{view.lower()}"
+
+
 def parse_names(kind: str, text: str | None, known, default) -> tuple[str, ...]:
     """Split a comma-separated CLI value and refuse unknown names (case-insensitive)."""
     if not text:
