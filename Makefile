@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup server-env demo test bench clean
 
 setup: $(VENV)/.installed
 
@@ -16,11 +16,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[export,server,plots,test]"
 	touch $@
 
+# The local tritonserver runs in its own venv: nvidia-pytriton pins numpy<2.
+server-env: setup
+	$(BIN)/python -c "from echodeploy.client.server import ensure_server_env; ensure_server_env()"
+
 demo: setup
 	$(BIN)/echodeploy demo
 
-test: setup
+test: setup server-env
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) echodeploy_demo model_repository/*/
+	rm -rf $(VENV) .venv-server echodeploy_demo model_repository/*/

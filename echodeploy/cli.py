@@ -84,6 +84,10 @@ def export(
             raise EchodeployError(f"--target must be cpu or gpu, got {target!r}")
         if tensorrt and target != "gpu":
             raise EchodeployError("--tensorrt builds plans for the gpu target: add --target gpu")
+        if tensorrt:
+            from echodeploy.export.triton.tensorrt import require_tensorrt
+
+            require_tensorrt()  # before anything is written
         _export(repository, parse_names("view", views, VIEWS, VIEWS),
                 parse_names("task", tasks, TASKS, PUBLISHED_TASKS), weights_dir, seed, force)
         _write_triton(repository, target, max_batch_size, instances, tensorrt)

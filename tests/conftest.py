@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,22 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real `echodeploy` entry point."""
     return subprocess.run([sys.executable, "-m", "echodeploy", *args], capture_output=True,
                           text=True, timeout=timeout)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def triton(repository, tmp_path_factory, request):
+    """A real tritonserver on free loopback ports serving the cpu-target repository."""
+    from echodeploy.client.server import TritonServer, ensure_server_env
+    from echodeploy.export.triton.repository import write_triton_repository
+
+    write_triton_repository(repository, "cpu", max_batch_size=4)
+    env = ensure_server_env(Path(os.environ.get("ECHODEPLOY_SERVER_ENV", ROOT / ".venv-server")))
+    log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    server = TritonServer(repository, env=env, log_path=log).start()
+    yield server
+    server.stop()
+    if request.session.testsfailed:
+        print(f"\n--- tritonserver log ({log}) ---\n" + "\n".join(log.read_text().splitlines()[-60:]))

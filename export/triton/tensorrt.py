@@ -34,13 +34,18 @@ def tensorrt_version() -> str | None:
         return match.group(1) if match else "unknown"
 
 
-def build_plans(repository: Path, max_batch_size: int) -> list[str]:
-    """Build a plan per exported model and switch its config to `tensorrt_plan`."""
-    repository = Path(repository)
+def require_tensorrt() -> str:
     version = tensorrt_version()
     if version is None:
         raise ExportError("TensorRT is not available here (no `trtexec` on PATH): build plans inside the "
                           "NGC TensorRT container, e.g. `docker compose --profile export run export`")
+    return version
+
+
+def build_plans(repository: Path, max_batch_size: int) -> list[str]:
+    """Build a plan per exported model and switch its config to `tensorrt_plan`."""
+    repository = Path(repository)
+    version = require_tensorrt()
     recorded = repository / VERSION_FILE
     if recorded.exists() and recorded.read_text().strip() != version:
         raise ExportError(f"{repository} holds plans for TensorRT {recorded.read_text().strip()}, this is "
