@@ -21,6 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from echodeploy.client.backends import Backend, check_model
+from echodeploy.client.batching import Batcher
 from echodeploy.client.inputs import STUDY, TARGET
 from echodeploy.client.metrics import binary_metrics, regression_metrics
 from echodeploy.client.records import Journal, fingerprint, write_csv_atomic
@@ -104,81 +105,24 @@ def _ordered_results(executor: Executor, jobs, window: int):
         yield job, future.result()
 
 
-class _ViewBatcher:
-    """Collects clips of one view from many videos and infers them in full batches.
-
-    `calls` are the (model, outputs) requests that produce every task output for a batch:
-    one ensemble call on Triton, or one call per task model.
-    """
-
-    def __init__(self, backend: Backend, calls: list[tuple[str, list[str]]], batch_size: int):
-        self.backend, self.calls, self.batch_size = backend, calls, batch_size
-        self.pieces: deque = deque()  # (key, clips)
-        self.queued = 0
-        self.rows: dict[str, dict] = {}  # key -> {"remaining", "sums", "record"}
-
-    def add(self, key: str, clips: np.ndarray, record: dict) -> list[dict]:
-        self.rows[key] = {"remaining": len(clips), "sums": {}, "record": record}
-        self.pieces.append((key, clips))
-        self.queued += len(clips)
-        finished = []
-        while self.queued >= self.batch_size:
-            finished += self._run(self._take(self.batch_size))
-        return finished
-
-    def flush(self) -> list[dict]:
-        finished = []
-        while self.queued:
-            finished += self._run(self._take(min(self.queued, self.batch_size)))
-        return finished
-
-    def _take(self, count: int) -> list[tuple[str, np.ndarray]]:
-        taken = []
-        while count:
-            key, clips = self.pieces.popleft()
-            if len(clips) > count:
-                self.pieces.appendleft((key, clips[count:]))
-                clips = clips[:count]
-            taken.append((key, clips))
-            count -= len(clips)
-            self.queued -= len(clips)
-        return taken
-
-    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+def _view_infer(backend: Backend, calls: list[tuple[str, list[str]]]):
+    """One batch of clips -> every task output, through the view's ensemble or each task model."""
+    def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = {}
-        for model, names in self.calls:
-            outputs.update(self.backend.infer(model, {"clip": batch}, names))
+        for model, names in calls:
+            outputs.update(backend.infer(model, inputs, names))
         return outputs
 
-    def _run(self, taken: list[tuple[str, np.ndarray]]) -> list[dict]:
-        try:
-            outputs = self._infer(np.concatenate([clips for _, clips in taken]))
-        except RequestError as exc:
-            if len({key for key, _ in taken}) == 1:
-                return self._fail(taken[0][0], str(exc))
-            return [record for piece in taken for record in self._run([piece])]  # isolate the bad row
-        finished, offset = [], 0
-        for key, clips in taken:
-            state = self.rows.get(key)
-            if state is None:  # the row already failed in an earlier piece
-                offset += len(clips)
-                continue
-            for name, values in outputs.items():
-                state["sums"][name] = state["sums"].get(name, 0.0) + float(values[offset:offset + len(clips)].sum())
-            offset += len(clips)
-            state["remaining"] -= len(clips)
-            if state["remaining"] == 0:
-                record = self.rows.pop(key)["record"]
-                record["outputs"] = {n: s / record["clips"] for n, s in state["sums"].items()}
-                finished.append(record)
-        return finished
+    return infer
 
-    def _fail(self, key: str, reason: str) -> list[dict]:
-        self.pieces = deque(piece for piece in self.pieces if piece[0] != key)
-        self.queued = sum(len(clips) for _, clips in self.pieces)
-        record = self.rows.pop(key)["record"]
-        record.update(status="error", error=reason, clips=0)
-        return [record]
+
+def _finish(record: dict, result) -> dict:
+    """Fill a row's record from its clips' outputs (mean over clips) or the request's error."""
+    if isinstance(result, RequestError):
+        record.update(status="error", error=str(result), clips=0)
+    else:
+        record["outputs"] = {name: float(values.mean()) for name, values in result.items()}
+    return record
 
 
 def prepare_models(backend: Backend, views, tasks) -> tuple[dict[str, list], list[str]]:
@@ -226,7 +170,9 @@ def run_cmr(inputs: pd.DataFrame, backend: Backend, out_dir: Path, options: CmrO
 
 
 def _process(inputs, todo, keys, prints, calls, untrained, backend, journal, options, clip):
-    batchers = {view: _ViewBatcher(backend, view_calls, options.batch_size) for view, view_calls in calls.items()}
+    batchers = {view: Batcher(_view_infer(backend, view_calls), options.batch_size)
+                for view, view_calls in calls.items()}
+    pending: dict[str, dict] = {}
     jobs = [(i, (decode_row, inputs.at[i, "path"], clip, options.clips, options.fps)) for i in todo]
     if options.workers:
         executor = ProcessPoolExecutor(options.workers, mp_context=multiprocessing.get_context("spawn"))
@@ -247,11 +193,12 @@ def _process(inputs, todo, keys, prints, calls, untrained, backend, journal, opt
                 continue
             record["clips"] = len(clips)
             record["untrained"] = any(cmr_model(view, t).name in untrained for t in options.tasks)
-            finished = batchers[view].add(keys[i], clips, record)
+            pending[keys[i]] = record
+            finished = [_finish(pending.pop(k), r) for k, r in batchers[view].add(keys[i], {"clip": clips})]
             journal.append(finished)
             progress.update(len(finished))
         for batcher in batchers.values():
-            finished = batcher.flush()
+            finished = [_finish(pending.pop(k), r) for k, r in batcher.flush()]
             journal.append(finished)
             progress.update(len(finished))
 

@@ -133,3 +133,77 @@ def write_demo_study(folder: Path, studies: int = 6, videos_per_study: int = 2, 
     manifest = folder / "A4C_Scar_Binary.csv"
     manifest.write_text("\n".join(rows) + "\n")
     return manifest
+
+
+def synthetic_mmode(length: int = 2400, height: int = 200, heart_rate_bpm: float = 500,
+                    seconds_per_px: float = 0.00083334, lvid_d_px: int = 90, lvid_s_px: int = 60,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(trace (H, L) uint8, LV mask (H, L) bool): a beating LV cavity between two bright walls.
+
+    The cavity diameter swings between `lvid_d_px` (diastole) and `lvid_s_px` (systole) at
+    `heart_rate_bpm`; diastoles fall at t = k * 60 / bpm.
+    """
+    rng = np.random.default_rng(seed)
+    t = np.arange(length) * seconds_per_px
+    phase = np.cos(2 * np.pi * heart_rate_bpm / 60 * t)
+    diameter = np.round(lvid_s_px + (lvid_d_px - lvid_s_px) * (phase + 1) / 2).astype(int)
+    centre = height // 2
+    top = centre - diameter // 2
+    rows = np.arange(height)[:, None]
+    mask = (rows >= top) & (rows < top + diameter)
+    wall = (rows >= top - 25) & (rows < top + diameter + 25) & ~mask
+    trace = np.where(mask, 25, np.where(wall, 190, 70)).astype(np.float32)
+    trace += rng.normal(0, 12, size=trace.shape)
+    return trace.clip(0, 255).astype(np.uint8), mask
+
+
+def write_mmode_dicom(path: Path, trace: np.ndarray, frame_width: int = 400, step: int = 120,
+                      seconds_per_px: float = 0.00083334, mm_per_px: float = 0.011525974,
+                      region_format: int = 2, units: tuple[int, int] = (4, 3), with_regions: bool = True,
+                      repeat_frame: int | None = None, patient: dict[str, str] | None = None) -> Path:
+    """Ultrasound Multi-frame RGB DICOM whose frames scroll over `trace` by `step` columns.
+
+    Each frame shows the M-mode region (0018,6011 item 2, RegionSpatialFormat `region_format`)
+    below a 40-row header band, like a scanner's screen; `repeat_frame` duplicates a frame.
+    """
+    height, length = trace.shape
+    starts = list(range(0, length - frame_width + 1, step))
+    if repeat_frame is not None:
+        starts.insert(repeat_frame, starts[repeat_frame])
+    header, margin = 40, 10
+    frames = np.zeros((len(starts), header + height + margin, frame_width + 2 * margin, 3), np.uint8)
+    frames[:, :header, :, 1] = 90  # a green header band outside the region
+    for i, start in enumerate(starts):
+        frames[i, header:header + height, margin:margin + frame_width] = trace[:, start:start + frame_width, None]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    for keyword, value in (patient or {}).items():
+        setattr(ds, keyword, value)
+    ds.NumberOfFrames = len(frames)
+    ds.Rows, ds.Columns = frames.shape[1:3]
+    ds.SamplesPerPixel, ds.PlanarConfiguration, ds.PhotometricInterpretation = 3, 0, "RGB"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    if with_regions:
+        regions = []
+        for fmt, bounds in ((1, (0, 0, frames.shape[2] - 1, header - 1)), (0, (0, 0, 5, 5)),
+                            (region_format, (margin, header, margin + frame_width - 1, header + height - 1))):
+            item = pydicom.Dataset()
+            item.RegionSpatialFormat, item.RegionDataType = fmt, 1
+            (item.RegionLocationMinX0, item.RegionLocationMinY0,
+             item.RegionLocationMaxX1, item.RegionLocationMaxY1) = bounds
+            item.PhysicalUnitsXDirection, item.PhysicalUnitsYDirection = units
+            item.PhysicalDeltaX, item.PhysicalDeltaY = seconds_per_px, mm_per_px / 10
+            regions.append(item)
+        ds.SequenceOfUltrasoundRegions = regions
+    ds.PixelData = frames.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path

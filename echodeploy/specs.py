@@ -7,7 +7,7 @@ redefines a tensor name, a dtype, a shape or a task.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from echodeploy.errors import EchodeployError
@@ -88,30 +88,60 @@ class ModelSpec:
     """A deployable network: batch-first inputs and outputs of fixed per-item shape."""
 
     name: str
-    family: Literal["cmr"]
+    family: Literal["cmr", "mmode"]
+    kind: str  # binary / regression (CMR tasks); quality / segmentation (M-mode)
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     flops_per_item: int
     view: str = ""
     task: str = ""
-    clip: ClipSpec = field(default_factory=ClipSpec)
-
-    @property
-    def kind(self) -> str:
-        return TASKS[self.task].kind
+    clip: ClipSpec | None = None
+    bn_mode: str = ""
 
     def metadata(self) -> dict[str, str]:
         """What the exported file and the repository declare, and the client verifies."""
-        return {
+        fields = {
             "echodeploy.model": self.name,
+            "echodeploy.family": self.family,
+            "echodeploy.kind": self.kind,
             "echodeploy.view": self.view,
             "echodeploy.task": self.task,
-            "echodeploy.kind": self.kind,
-            "echodeploy.clip": json.dumps(asdict(self.clip), sort_keys=True),
+            "echodeploy.bn_mode": self.bn_mode,
+            "echodeploy.clip": json.dumps(asdict(self.clip), sort_keys=True) if self.clip else "",
         }
+        return {key: value for key, value in fields.items() if value}
 
 
 R2PLUS1D_FLOPS = 81_037_753_344  # per 16x112x112 clip (fixtures/state_dicts/r2plus1d_18.json)
+
+
+MMODE_WINDOW = 256
+QUICKNAT_FLOPS = 120_816_926_720  # per 256x256 window (fixtures/state_dicts/quicknat.json)
+CARDIONET_FLOPS = 5_549_072_384  # per 256x256 window (fixtures/state_dicts/cardionet.json)
+BN_MODES = ("seed", "running")
+MMODE_QUALITY, MMODE_LVID = "mmode_quality", "mmode_lvid"
+
+
+def mmode_model(name: str, bn_mode: str = "seed") -> ModelSpec:
+    """M-mode networks as served: windows (N, 1, 256, 256) float32 grey 0..255 in.
+
+    mmode_quality: CardioNet, normalisation inside -> good-quality probability (N, 1).
+    mmode_lvid: QuickNAT, threshold inside -> per-column mask counts and row-index sums of
+    the mask resized to the trace height, given that resize's row weights (N, 2, 256).
+    """
+    _check_known("bn mode", bn_mode, BN_MODES)
+    window = TensorSpec(name="window", dtype="float32", shape=(1, MMODE_WINDOW, MMODE_WINDOW))
+    if name == MMODE_QUALITY:
+        return ModelSpec(name=name, family="mmode", kind="quality", bn_mode=bn_mode, inputs=(window,),
+                         outputs=(TensorSpec(name="quality_prob", dtype="float32", shape=(1,)),),
+                         flops_per_item=CARDIONET_FLOPS)
+    if name == MMODE_LVID:
+        weights = TensorSpec(name="profile_weights", dtype="float32", shape=(2, MMODE_WINDOW))
+        return ModelSpec(name=name, family="mmode", kind="segmentation", bn_mode=bn_mode,
+                         inputs=(window, weights),
+                         outputs=(TensorSpec(name="lvid_profile", dtype="float32", shape=(2, MMODE_WINDOW)),),
+                         flops_per_item=QUICKNAT_FLOPS)
+    raise EchodeployError(f"unknown M-mode model {name!r}; known: {MMODE_QUALITY}, {MMODE_LVID}")
 
 
 def _check_known(kind: str, value: str, known) -> None:
@@ -127,6 +157,7 @@ def cmr_model(view: str, task: str, clip: ClipSpec = ClipSpec()) -> ModelSpec:
     return ModelSpec(
         name=f"cmr_{view.lower()}_{task}",
         family="cmr",
+        kind=TASKS[task].kind,
         view=view,
         task=task,
         clip=clip,

@@ -44,13 +44,18 @@ class ExportReport:
 
 
 def _sample_inputs(spec: ModelSpec, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Random uint8 clips or float grey windows; all-ones profile weights (per-column pixel counts)."""
     rng = np.random.default_rng(seed)
-    return {
-        t.name: rng.integers(0, 256, size=(batch, *t.shape)).astype(t.dtype)
-        if t.dtype == "uint8"
-        else rng.uniform(0, 255, size=(batch, *t.shape)).astype(t.dtype)
-        for t in spec.inputs
-    }
+    feeds = {}
+    for t in spec.inputs:
+        shape = (batch, *t.shape)
+        if t.name == "profile_weights":
+            feeds[t.name] = np.ones(shape, t.dtype)
+        elif t.dtype == "uint8":
+            feeds[t.name] = rng.integers(0, 256, size=shape).astype(t.dtype)
+        else:
+            feeds[t.name] = rng.uniform(0, 255, size=shape).astype(t.dtype)
+    return feeds
 
 
 def validate(path: Path, module: nn.Module, spec: ModelSpec, atol: float = PARITY_ATOL) -> dict[str, float]:
@@ -90,7 +95,8 @@ def validate(path: Path, module: nn.Module, spec: ModelSpec, atol: float = PARIT
     return max_diff
 
 
-def export_onnx(module: nn.Module, spec: ModelSpec, path: Path, metadata: dict[str, str]) -> ExportReport:
+def export_onnx(module: nn.Module, spec: ModelSpec, path: Path, metadata: dict[str, str],
+                atol: float = PARITY_ATOL) -> ExportReport:
     """Write `module` as ONNX at `path` (dynamic batch, `spec` tensor names), then validate it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +118,7 @@ def export_onnx(module: nn.Module, spec: ModelSpec, path: Path, metadata: dict[s
     onnx.helper.set_model_props(model, metadata)
     onnx.save(model, str(tmp))
     try:
-        diffs = validate(tmp, module, spec)
+        diffs = validate(tmp, module, spec, atol)
     except ExportError:
         tmp.unlink(missing_ok=True)
         raise

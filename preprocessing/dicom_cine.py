@@ -27,8 +27,8 @@ MIN_SECTOR_FRACTION = 0.05  # a sector smaller than this part of the image is no
 
 def read_dicom_cine(path: Path) -> Cine:
     """Decode a multi-frame echo DICOM into BGR frames cropped to the imaging sector."""
-    ds = _read_dataset(path)
-    frames = to_bgr_uint8(_decode(ds), ds)
+    ds = read_dataset(path)
+    frames = to_bgr_uint8(decode_frames(ds), ds)
     bounds = ultrasound_region(ds, frames.shape[1:3])
     notes = []
     if bounds is None:
@@ -47,7 +47,7 @@ def read_dicom_cine(path: Path) -> Cine:
     return Cine(np.ascontiguousarray(frames), frame_rate(ds), tuple(notes))
 
 
-def _read_dataset(path: Path) -> pydicom.Dataset:
+def read_dataset(path: Path) -> pydicom.Dataset:
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError) as exc:
@@ -57,7 +57,8 @@ def _read_dataset(path: Path) -> pydicom.Dataset:
     return ds
 
 
-def _decode(ds: pydicom.Dataset) -> np.ndarray:
+def decode_frames(ds: pydicom.Dataset) -> np.ndarray:
+    """Pixel data of a multi-frame dataset; undecodable and single-frame data raise `InputError`."""
     syntax = ds.file_meta.get("TransferSyntaxUID", None)
     try:
         pixels = ds.pixel_array

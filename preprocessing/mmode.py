@@ -1,0 +1,201 @@
+"""M-mode DICOM reading and trace stitching (Echo2Pheno Module I facts): numpy and pydicom only.
+
+A mouse M-mode DICOM holds many RGB frames that overlap in time. The calibrated M-mode
+region of (0018,6011) is cut out of each frame, frames are stitched into one long trace,
+and the trace is converted to grayscale with the seed's weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+
+from echodeploy.errors import InputError
+from echodeploy.preprocessing.dicom_cine import decode_frames, read_dataset
+
+REGION_MMODE = 2  # RegionSpatialFormat of an M-mode region
+SEED_REGION_INDEX = 2  # the seed hard-codes the third region
+UNIT_SECONDS, UNIT_CM = 4, 3  # PhysicalUnits{X,Y}Direction codes
+GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140])  # R, G, B
+
+
+@dataclass(frozen=True)
+class MModeTrace:
+    """Stitched grayscale trace (H, L) float64 and its calibration."""
+
+    trace: np.ndarray
+    seconds_per_px: float
+    mm_per_px: float
+    notes: tuple[str, ...] = ()
+
+
+def mmode_region(ds: pydicom.Dataset, shape: tuple[int, int]) -> tuple[tuple[int, int, int, int], float, float, list[str]]:
+    """((x0, y0, x1, y1) inclusive, s/px, mm/px, notes) of the calibrated M-mode region."""
+    regions = list(ds.get("SequenceOfUltrasoundRegions", []))
+    if not regions:
+        raise InputError("no Sequence of Ultrasound Regions (0018,6011): the M-mode trace is not calibrated",
+                         "no_calibration")
+    notes = []
+    mmode = [r for r in regions if r.get("RegionSpatialFormat") == REGION_MMODE]
+    if mmode:
+        region = mmode[0]
+    elif len(regions) > SEED_REGION_INDEX:
+        region = regions[SEED_REGION_INDEX]
+        notes.append(f"no region with RegionSpatialFormat 2 (M-mode); used region {SEED_REGION_INDEX} as the seed does")
+    else:
+        raise InputError(f"no M-mode region (RegionSpatialFormat 2) among {len(regions)} ultrasound regions",
+                         "no_calibration")
+    units = (region.get("PhysicalUnitsXDirection"), region.get("PhysicalUnitsYDirection"))
+    if units != (UNIT_SECONDS, UNIT_CM):
+        raise InputError(f"M-mode region units are {units}, expected (4 seconds, 3 cm) for x and y",
+                         "wrong_units")
+    try:
+        bounds = tuple(int(region[k].value) for k in ("RegionLocationMinX0", "RegionLocationMinY0",
+                                                        "RegionLocationMaxX1", "RegionLocationMaxY1"))
+        seconds_per_px = float(region.PhysicalDeltaX)
+        mm_per_px = abs(float(region.PhysicalDeltaY)) * 10
+    except (KeyError, AttributeError, TypeError, ValueError) as exc:
+        raise InputError(f"M-mode region lacks bounds or calibration ({exc})", "no_calibration") from exc
+    x0, y0, x1, y1 = bounds
+    height, width = shape
+    if not (0 <= x0 < x1 < width and 0 <= y0 < y1 < height):
+        raise InputError(f"M-mode region bounds {bounds} (inclusive) fall outside the {width}x{height} image",
+                         "bad_region")
+    if seconds_per_px <= 0 or mm_per_px <= 0:
+        raise InputError(f"M-mode calibration must be positive, got {seconds_per_px} s/px, {mm_per_px} mm/px",
+                         "no_calibration")
+    return bounds, seconds_per_px, mm_per_px, notes
+
+
+def _column_hashes(frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """One 64-bit fingerprint per column of an (H, W, C) uint8 frame (wrapping arithmetic)."""
+    flat = frame.reshape(frame.shape[0], frame.shape[1], -1).transpose(1, 0, 2).reshape(frame.shape[1], -1)
+    return flat.astype(np.uint64) @ weights
+
+
+def overlap_offset(current: np.ndarray, following: np.ndarray) -> int | None:
+    """Where the right half of `current` reappears in `following` (first offset 0..W/2), or None.
+
+    Columns are compared by 64-bit fingerprints, so a frame pair costs O(H*W) to hash plus
+    O(W) per candidate offset; candidates are confirmed with an exact comparison.
+    """
+    width = current.shape[1]
+    half = width // 2
+    weights = np.random.default_rng(0).integers(1, 2**63, size=current[:, 0].size, dtype=np.uint64)
+    wanted, found = _column_hashes(current[:, width - half:], weights), _column_hashes(following, weights)
+    candidates = np.flatnonzero(found[: width - half + 1] == wanted[0])
+    for offset in candidates:
+        if offset + half <= width and np.array_equal(found[offset:offset + half], wanted) and \
+                np.array_equal(following[:, offset:offset + half], current[:, width - half:]):
+            return int(offset)
+    return None
+
+
+def stitch_frames(frames: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Join overlapping (T, H, W, C) frames into one (H, L, C) trace; notes for frames without overlap."""
+    pieces, notes = [frames[0]], []
+    width = frames.shape[2]
+    half = width // 2
+    for index in range(1, len(frames)):
+        current, following = frames[index - 1], frames[index]
+        if np.array_equal(current, following):
+            continue
+        offset = overlap_offset(current, following)
+        if offset is None:
+            notes.append(f"frame {index} does not overlap frame {index - 1}; appended whole")
+            pieces.append(following)
+        else:
+            pieces.append(following[:, offset + half:])
+    return np.concatenate(pieces, axis=1), notes
+
+
+def to_gray(rgb: np.ndarray) -> np.ndarray:
+    """0.2989 R + 0.5870 G + 0.1140 B as float64."""
+    return rgb.astype(np.float64) @ GRAY_WEIGHTS
+
+
+def read_mmode(path: Path) -> MModeTrace:
+    """Calibrated, stitched grayscale M-mode trace of one DICOM file."""
+    ds = read_dataset(Path(path))
+    pixels = decode_frames(ds)
+    if pixels.ndim != 4 or pixels.shape[-1] != 3:
+        raise InputError(f"expected RGB frames, got shape {pixels.shape}", "unreadable")
+    (x0, y0, x1, y1), seconds_per_px, mm_per_px, notes = mmode_region(ds, pixels.shape[1:3])
+    trace, stitch_notes = stitch_frames(np.ascontiguousarray(pixels[:, y0:y1 + 1, x0:x1 + 1]))
+    return MModeTrace(trace=to_gray(trace), seconds_per_px=seconds_per_px, mm_per_px=mm_per_px,
+                      notes=tuple(notes + stitch_notes))
+
+
+# --- network windows ------------------------------------------------------------------
+WINDOW = 256  # network input side
+
+
+def _resize(window: np.ndarray) -> np.ndarray:
+    return cv2.resize(window.astype(np.float32), (WINDOW, WINDOW), interpolation=cv2.INTER_CUBIC)
+
+
+def segmentation_windows(trace: np.ndarray) -> np.ndarray:
+    """(n, 1, 256, 256) float32 grey 0..255: n = L // H + 1 square windows, the last one the final H columns."""
+    height, length = trace.shape
+    if length < height:
+        raise InputError(f"trace of {length} columns is shorter than its height {height}", "too_short")
+    count = length // height + 1
+    starts = [i * height for i in range(count - 1)] + [length - height]
+    return np.stack([_resize(trace[:, s:s + height]) for s in starts])[:, None]
+
+
+def nearest_source(size: int) -> np.ndarray:
+    """Row (or column) of a 256-wide mask that OpenCV's nearest resize to `size` reads for each output index."""
+    return np.minimum((np.arange(size) * (WINDOW / size)).astype(np.int64), WINDOW - 1)
+
+
+def profile_weights(height: int) -> np.ndarray:
+    """(2, 256) float32: per 256-grid mask row, how many rows of the H x H mask it becomes,
+    and the sum of their row indices. With them the served model returns per-column pixel
+    counts and row-index sums of the resized mask without sending the mask."""
+    source = nearest_source(height)
+    counts = np.bincount(source, minlength=WINDOW)
+    row_sums = np.bincount(source, weights=np.arange(height), minlength=WINDOW)
+    return np.stack([counts, row_sums]).astype(np.float32)
+
+
+def stitch_profiles(profiles: np.ndarray, height: int, length: int) -> np.ndarray:
+    """(n, 2, 256) per-window column counts / row sums -> (2, L) along the whole trace."""
+    columns = profiles[:, :, nearest_source(height)]  # (n, 2, H)
+    last_new = length - (len(profiles) - 1) * height
+    parts = [*columns[:-1], columns[-1][:, height - last_new:]] if last_new else list(columns[:-1])
+    return np.concatenate(parts, axis=1)
+
+
+def quality_crop(height: int, body_mass_g: float) -> int:
+    """Quality window side: a fraction of the trace height that grows with body mass."""
+    for limit, ratio in ((15, 0.5), (25, 0.6), (35, 0.75), (45, 0.9)):
+        if body_mass_g < limit:
+            return int(height * ratio)
+    return height
+
+
+def quality_windows(trace: np.ndarray, counts: np.ndarray, row_sums: np.ndarray,
+                    crop: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """(m, 1, 256, 256) float32 grey windows crop wide, centred on the LV, and their column spans.
+
+    Windows tile the trace (the last one is the final `crop` columns); each is centred
+    vertically on the mean row of the mask pixels in its columns (the whole trace's mean
+    when it has none), kept inside the image.
+    """
+    height, length = trace.shape
+    count = length // crop + 1
+    spans = [(i * crop, (i + 1) * crop) for i in range(count - 1)] + [(length - crop, length)]
+    total = counts.sum()
+    overall = row_sums.sum() / total if total else height / 2
+    windows = []
+    for start, end in spans:
+        pixels = counts[start:end].sum()
+        centre = row_sums[start:end].sum() / pixels if pixels else overall
+        top = int(min(max(centre - crop / 2, 0), height - crop))
+        windows.append(_resize(trace[top:top + crop, start:end]))
+    return np.stack(windows)[:, None], spans
