@@ -1,4 +1,4 @@
-"""Cross-item batching: many items' arrays in, full backend batches out, per-item results back.
+"""Cross-item batching and decoding workers: many items' arrays in, full batches out, results back.
 
 Items (a video's clips, an M-mode file's windows) are queued whole or in pieces; a batch is
 inferred as soon as `batch_size` rows are queued. When the backend rejects a request, the
@@ -7,7 +7,9 @@ items in it are retried one by one so only the offending item fails.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -78,3 +80,32 @@ class Batcher:
         self.queued = sum(len(next(iter(inputs.values()))) for _, inputs in self.pieces)
         self.items.pop(key, None)
         return [(key, error)]
+
+
+class _InlineExecutor(Executor):
+    """`--workers 0`: decode in the main process (debugging, tiny runs)."""
+
+    def submit(self, fn, *args):
+        future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
+def ordered_results(executor: Executor, jobs, window: int):
+    """Submit jobs lazily, at most `window` ahead, yielding (job, result) in input order."""
+    queue = deque()
+    for job in jobs:
+        queue.append((job, executor.submit(*job[1])))
+        if len(queue) >= window:
+            job, future = queue.popleft()
+            yield job, future.result()
+    while queue:
+        job, future = queue.popleft()
+        yield job, future.result()
+
+
+def decode_executor(workers: int) -> Executor:
+    """Worker processes for decoding (spawned: no fork after ONNX Runtime threads), or inline."""
+    if workers:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return _InlineExecutor()

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import time
-from collections import deque
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from echodeploy.client.backends import Backend, check_model
-from echodeploy.client.batching import Batcher
+from echodeploy.client.batching import Batcher, decode_executor, ordered_results
 from echodeploy.client.inputs import STUDY, TARGET
 from echodeploy.client.metrics import binary_metrics, regression_metrics
 from echodeploy.client.records import Journal, fingerprint, write_csv_atomic
@@ -81,28 +78,6 @@ def decode_row(path: str | None, clip: ClipSpec, mode: ClipMode, fps: float | No
         clips, fields = None, {"status": "error", "error": f"{type(exc).__name__}: {exc}", "notes": ""}
     fields["decode_s"] = round(time.perf_counter() - start, 4)
     return clips, fields
-
-
-class _InlineExecutor(Executor):
-    """`--workers 0`: decode in the main process (debugging, tiny runs)."""
-
-    def submit(self, fn, *args):
-        future = Future()
-        future.set_result(fn(*args))
-        return future
-
-
-def _ordered_results(executor: Executor, jobs, window: int):
-    """Submit jobs lazily, at most `window` ahead, yielding (job, result) in input order."""
-    queue = deque()
-    for job in jobs:
-        queue.append((job, executor.submit(*job[1])))
-        if len(queue) >= window:
-            job, future = queue.popleft()
-            yield job, future.result()
-    while queue:
-        job, future = queue.popleft()
-        yield job, future.result()
 
 
 def _view_infer(backend: Backend, calls: list[tuple[str, list[str]]]):
@@ -174,14 +149,10 @@ def _process(inputs, todo, keys, prints, calls, untrained, backend, journal, opt
                 for view, view_calls in calls.items()}
     pending: dict[str, dict] = {}
     jobs = [(i, (decode_row, inputs.at[i, "path"], clip, options.clips, options.fps)) for i in todo]
-    if options.workers:
-        executor = ProcessPoolExecutor(options.workers, mp_context=multiprocessing.get_context("spawn"))
-    else:
-        executor = _InlineExecutor()
     window = max(2 * options.workers, 1) + options.batch_size
-    with executor, tqdm(total=len(inputs), initial=len(inputs) - len(todo), unit="video",
+    with decode_executor(options.workers) as executor, tqdm(total=len(inputs), initial=len(inputs) - len(todo), unit="video",
                         desc="cmr", dynamic_ncols=True) as progress:
-        for (i, _), (clips, fields) in _ordered_results(executor, jobs, window):
+        for (i, _), (clips, fields) in ordered_results(executor, jobs, window):
             view = inputs.at[i, "view"]
             record = {"key": keys[i], "fingerprint": prints[i], **fields, "outputs": {},
                       "clips": 0, "untrained": False}

@@ -39,6 +39,8 @@ Urls = Annotated[Optional[list[str]], typer.Option(
     help="Triton server HOST:PORT (repeat to spread requests over several servers).")]
 Protocol = Annotated[str, typer.Option(help="Triton protocol: grpc or http.")]
 MaxInFlight = Annotated[int, typer.Option(help="Triton requests in flight at once.")]
+BnMode = Annotated[str, typer.Option(
+    help="M-mode BatchNorm: 'seed' (per-window statistics, what the published tool ran) or 'running'.")]
 ServerEnv = Annotated[Path, typer.Option(envvar="ECHODEPLOY_SERVER_ENV",
                                          help="Virtual environment of the local tritonserver (numpy 1.x).")]
 
@@ -75,6 +77,10 @@ def export(
     max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size of every model.")] = 8,
     instances: Annotated[int, typer.Option(help="Triton instances per model.")] = 1,
     tensorrt: Annotated[bool, typer.Option(help="Also build TensorRT plans (needs trtexec; gpu target).")] = False,
+    families: Annotated[str, typer.Option(
+        help="Model families: 'cmr' (R(2+1)D-18 per view x task), 'mmode' (CardioNet + QuickNAT "
+             "from cardionet.pt / quicknat.pt) or 'cmr,mmode'.")] = "cmr",
+    bn_mode: BnMode = "seed",
 ):
     """Export R(2+1)D-18 models to ONNX (parity-checked against torch) and write a Triton repository."""
     try:
@@ -88,8 +94,12 @@ def export(
             from echodeploy.export.triton.tensorrt import require_tensorrt
 
             require_tensorrt()  # before anything is written
-        _export(repository, parse_names("view", views, VIEWS, VIEWS),
-                parse_names("task", tasks, TASKS, PUBLISHED_TASKS), weights_dir, seed, force)
+        chosen = parse_names("family", families, ("cmr", "mmode"), ("cmr",))
+        if "cmr" in chosen:
+            _export(repository, parse_names("view", views, VIEWS, VIEWS),
+                    parse_names("task", tasks, TASKS, PUBLISHED_TASKS), weights_dir, seed, force)
+        if "mmode" in chosen:
+            _export_mmode(repository, weights_dir, bn_mode, seed, force)
         _write_triton(repository, target, max_batch_size, instances, tensorrt)
     except EchodeployError as exc:
         _fail(str(exc))
@@ -106,15 +116,25 @@ def _write_triton(repository: Path, target: str, max_batch_size: int, instances:
         typer.echo(f"TensorRT plans: {', '.join(build_plans(repository, max_batch_size))}")
 
 
+def _report(name: str, report, untrained: bool) -> None:
+    where = report.path if report else "unchanged"
+    diff = (", ".join(f"{k} {v:.3g}" for k, v in report.max_abs_diff.items()) if report else "already exported")
+    flag = "  [UNTRAINED: seeded random weights]" if untrained else ""
+    typer.echo(f"{name}: max |onnx - torch| {diff} ({where}){flag}")
+
+
+def _export_mmode(repository: Path, weights_dir, bn_mode: str, seed: int, force: bool) -> None:
+    from echodeploy.export.mmode import export_mmode_models
+
+    for spec, report, untrained in export_mmode_models(repository, weights_dir, bn_mode, seed, force):
+        _report(spec.name, report, untrained)
+
+
 def _export(repository: Path, views, tasks, weights_dir, seed: int, force: bool) -> None:
     from echodeploy.export.cmr import export_cmr_models
 
     for result in export_cmr_models(repository, views, tasks, weights_dir, seed, force):
-        where = result.report.path if result.report else "unchanged"
-        diff = (f"max |onnx - torch| = {max(result.report.max_abs_diff.values()):.2e}"
-                if result.report else "already exported")
-        flag = "  [UNTRAINED: seeded random weights]" if result.untrained else ""
-        typer.echo(f"{result.spec.name}: {diff} ({where}){flag}")
+        _report(result.spec.name, result.report, result.untrained)
 
 
 @app.command()
@@ -206,6 +226,49 @@ def _print_summary(summary) -> None:
         typer.secho("WARNING: outputs come from UNTRAINED models (seeded random weights): they are not "
                     "predictions. Export real weights with `echodeploy export --weights-dir DIR`.",
                     fg="yellow", err=True)
+
+
+@app.command()
+def mmode(
+    source: Annotated[Path, typer.Argument(help="An M-mode DICOM file or a folder of them (a study).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (rerun with the same one to resume).")],
+    mass: Annotated[Optional[float], typer.Option(help="Body mass in grams, for every file.")] = None,
+    mass_csv: Annotated[Optional[Path], typer.Option(help="CSV with columns file,mass_g.")] = None,
+    write: Annotated[str, typer.Option(help="'stats' (a row per file) or 'all' (a row per good beat).")] = "stats",
+    figures: Annotated[bool, typer.Option(help="Draw the per-file figures (PNG).")] = True,
+    max_bpm: Annotated[float, typer.Option(
+        help="Highest plausible heart rate; sets the minimum beat spacing (default = the seed's 85 px).")] = 0,
+    bn_mode: BnMode = "seed",
+    batch_size: Annotated[int, typer.Option(help="Windows per inference request.")] = 8,
+    workers: Workers = 1,
+    repository: Repository = DEFAULT_REPOSITORY,
+    backend: BackendName = "onnxruntime",
+    url: Urls = None,
+    protocol: Protocol = "grpc",
+    max_in_flight: MaxInFlight = 4,
+):
+    """LVID in diastole/systole, LV volume and heart rate from mouse M-mode DICOMs (good-quality beats)."""
+    from echodeploy.client.mmode import MModeOptions, read_mmode_inputs, run_mmode
+    from echodeploy.client.mmode_features import DEFAULT_MAX_BPM
+
+    try:
+        options = MModeOptions(write=write, figures=figures, batch_size=batch_size, workers=workers,
+                               max_bpm=max_bpm or DEFAULT_MAX_BPM, bn_mode=bn_mode)
+        inputs = read_mmode_inputs(source, mass, mass_csv)
+        engine = make_backend(backend, repository, url, protocol, max_in_flight)
+        try:
+            counts = run_mmode(inputs, engine, out, options)
+        except KeyboardInterrupt:
+            typer.secho(f"interrupted: finished files are kept in {out}; rerun to resume", fg="yellow", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED)
+        finally:
+            engine.close()
+    except EchodeployError as exc:
+        _fail(str(exc))
+    typer.echo("files: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    typer.echo(f"wrote {out / ('features_' + write + '.csv')}" + (f" and figures in {out / 'figures'}" if figures else ""))
+    if set(counts) - {"ok"}:
+        raise typer.Exit(EXIT_ITEM_ERRORS)
 
 
 @app.command()

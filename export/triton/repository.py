@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2
 from echodeploy.errors import ExportError
 from echodeploy.export.onnx_export import read_metadata
 from echodeploy.repository import MODEL_FILENAME, VERSION
-from echodeploy.specs import ModelSpec, cmr_model, view_ensemble_name
+from echodeploy.specs import ModelSpec, cmr_model, mmode_model, view_ensemble_name
 
 Target = Literal["cpu", "gpu"]
 ADAPTER = Path(__file__).with_name("onnx_model.py")
@@ -121,7 +121,10 @@ def exported_models(repository: Path) -> list[tuple[ModelSpec, dict[str, str]]]:
         metadata = read_metadata(path)
         if metadata.get("echodeploy.model") != path.parent.parent.name:
             continue
-        spec = cmr_model(metadata["echodeploy.view"], metadata["echodeploy.task"])
+        if metadata.get("echodeploy.family") == "mmode":
+            spec = mmode_model(metadata["echodeploy.model"], metadata["echodeploy.bn_mode"])
+        else:
+            spec = cmr_model(metadata["echodeploy.view"], metadata["echodeploy.task"])
         found.append((spec, metadata))
     return found
 
@@ -144,7 +147,8 @@ def write_triton_repository(repository: Path, target: Target, max_batch_size: in
             shutil.copyfile(ADAPTER, adapter)
         else:
             adapter.unlink(missing_ok=True)
-        by_view[spec.view].append((spec, metadata))
+        if spec.family == "cmr":
+            by_view[spec.view].append((spec, metadata))
         written.append(spec.name)
     for view, members in sorted(by_view.items()):
         name = view_ensemble_name(view)

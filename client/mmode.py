@@ -1,0 +1,211 @@
+"""Bulk M-mode phenotyping: DICOM files in, LVID/volume/heart-rate features and figures out.
+
+Per file: read and stitch the trace (worker processes), segment all its windows, build
+the LVID profile, classify quality windows sized by body mass and centred on the LV, and
+report only beats in good windows. Windows of many files share backend batches, and each
+finished file goes to the journal at once, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from echodeploy.client.backends import Backend, check_model
+from echodeploy.client.batching import Batcher, decode_executor, ordered_results
+from echodeploy.client.mmode_features import DEFAULT_MAX_BPM, beat_stats, beat_table, good_columns
+from echodeploy.client.records import Journal, fingerprint, write_csv_atomic
+from echodeploy.errors import EchodeployError, InputError, RequestError
+from echodeploy.preprocessing.clips import is_dicom
+from echodeploy.preprocessing.mmode import (
+    profile_weights, quality_crop, quality_windows, read_mmode, segmentation_windows, stitch_profiles,
+)
+from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, mmode_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MModeOptions:
+    write: Literal["all", "stats"] = "stats"
+    figures: bool = True
+    batch_size: int = 8
+    workers: int = 1
+    max_bpm: float = DEFAULT_MAX_BPM
+    bn_mode: str = "seed"
+
+    def __post_init__(self):
+        if self.write not in ("all", "stats"):
+            raise EchodeployError(f"--write must be 'all' or 'stats', got {self.write!r}")
+        if self.batch_size < 1 or self.workers < 0 or self.max_bpm <= 0:
+            raise EchodeployError("--batch-size must be >= 1, --workers >= 0, --max-bpm > 0")
+
+
+def read_mmode_inputs(source: Path, mass_g: float | None = None, mass_csv: Path | None = None) -> pd.DataFrame:
+    """One row per DICOM file (a file, or every DICOM in a folder) with its body mass."""
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file() and (p.suffix.lower() == ".dcm" or is_dicom(p)))
+        if not files:
+            raise EchodeployError(f"{source}: no DICOM files found")
+        names = [str(p.relative_to(source)) for p in files]
+    elif source.is_file():
+        files, names = [source], [source.name]
+    else:
+        raise EchodeployError(f"{source}: no such file or folder")
+    if (mass_g is None) == (mass_csv is None):
+        raise EchodeployError("give the body mass: --mass GRAMS (all files) or --mass-csv FILE (file,mass_g)")
+    if mass_csv is not None:
+        table = pd.read_csv(mass_csv)
+        if not {"file", "mass_g"} <= set(table.columns):
+            raise EchodeployError(f"{mass_csv}: needs columns file,mass_g; found {', '.join(table.columns)}")
+        lookup = {}
+        for name, mass in zip(table["file"].astype(str), pd.to_numeric(table["mass_g"], errors="coerce")):
+            lookup[name] = lookup[Path(name).stem] = mass
+        masses = [lookup.get(n, lookup.get(Path(n).name, lookup.get(Path(n).stem, np.nan))) for n in names]
+    else:
+        if not mass_g > 0:
+            raise EchodeployError(f"--mass must be a positive number of grams, got {mass_g}")
+        masses = [float(mass_g)] * len(files)
+    return pd.DataFrame({"file": names, "path": [str(p) for p in files], "mass_g": masses})
+
+
+def decode_mmode(path: str, mass_g: float):
+    """Worker: stitched trace and segmentation windows, or the reason the file cannot be used."""
+    start = time.perf_counter()
+    try:
+        if not mass_g > 0:
+            raise InputError("no body mass for this file (check --mass-csv)", "error")
+        trace = read_mmode(Path(path))
+        payload = {"trace": trace.trace.astype(np.float32), "seconds_per_px": trace.seconds_per_px,
+                   "mm_per_px": trace.mm_per_px, "windows": segmentation_windows(trace.trace)}
+        fields = {"status": "ok", "error": "", "notes": "; ".join(trace.notes)}
+    except InputError as exc:
+        payload, fields = None, {"status": exc.status, "error": str(exc), "notes": ""}
+    except Exception as exc:  # a reader crash on one file must not end the run
+        payload, fields = None, {"status": "error", "error": f"{type(exc).__name__}: {exc}", "notes": ""}
+    fields["decode_s"] = round(time.perf_counter() - start, 4)
+    return payload, fields
+
+
+def run_mmode(inputs: pd.DataFrame, backend: Backend, out_dir: Path, options: MModeOptions) -> dict[str, int]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    untrained = False
+    for name in (MMODE_LVID, MMODE_QUALITY):
+        info = backend.model_info(name)
+        check_model(mmode_model(name, options.bn_mode), info)
+        untrained |= info.untrained
+    if untrained:
+        log.warning("UNTRAINED M-MODE MODELS (seeded random weights): features are not measurements")
+    keys = [f"{i}|{p}" for i, p in enumerate(inputs["path"])]
+    prints = [fingerprint(p) for p in inputs["path"]]
+    with Journal(out_dir / "records.jsonl") as journal:
+        todo = [i for i in range(len(inputs)) if not journal.is_done(keys[i], prints[i])]
+        if len(todo) < len(inputs):
+            log.info("resuming: %d of %d files already done", len(inputs) - len(todo), len(inputs))
+        try:
+            _process(inputs, todo, keys, prints, backend, journal, out_dir, options, untrained)
+        finally:
+            counts = write_features(inputs, keys, journal.records, out_dir, options.write)
+    return counts
+
+
+def _process(inputs, todo, keys, prints, backend, journal, out_dir, options, untrained):
+    segment = Batcher(lambda feeds: backend.infer(MMODE_LVID, feeds), options.batch_size)
+    classify = Batcher(lambda feeds: backend.infer(MMODE_QUALITY, feeds), options.batch_size)
+    files: dict[str, dict] = {}
+
+    def fail(key, error: RequestError) -> dict:
+        state = files.pop(key)
+        return {**state["record"], "status": "error", "error": str(error)}
+
+    def segmented(done) -> list[dict]:
+        records = []
+        for key, result in done:
+            if isinstance(result, RequestError):
+                records.append(fail(key, result))
+                continue
+            state = files[key]
+            height, length = state["trace"].shape
+            counts, row_sums = stitch_profiles(result["lvid_profile"], height, length)
+            state.update(counts=counts, row_sums=row_sums)
+            crop = quality_crop(height, state["mass_g"])
+            windows, state["spans"] = quality_windows(state["trace"], counts, row_sums, crop)
+            records += classified(classify.add(key, {"window": windows}))
+        return records
+
+    def classified(done) -> list[dict]:
+        records = []
+        for key, result in done:
+            if isinstance(result, RequestError):
+                records.append(fail(key, result))
+                continue
+            records.append(_features(files.pop(key), result["quality_prob"][:, 0], out_dir, options, untrained))
+        return records
+
+    jobs = [(i, (decode_mmode, inputs.at[i, "path"], inputs.at[i, "mass_g"])) for i in todo]
+    with decode_executor(options.workers) as executor, tqdm(total=len(inputs), initial=len(inputs) - len(todo), unit="file", desc="mmode",
+                        dynamic_ncols=True) as progress:
+        for (i, _), (payload, fields) in ordered_results(executor, jobs, max(2 * options.workers, 1) + 2):
+            record = {"key": keys[i], "fingerprint": prints[i], **fields, "untrained": untrained,
+                      "stats": {}, "beats": []}
+            if payload is None:
+                finished = [record]
+            else:
+                height = payload["trace"].shape[0]
+                files[keys[i]] = {**payload, "record": record, "mass_g": inputs.at[i, "mass_g"],
+                                  "file": inputs.at[i, "file"]}
+                weights = np.broadcast_to(profile_weights(height), (len(payload["windows"]), 2, 256))
+                finished = segmented(segment.add(keys[i], {"window": payload.pop("windows"),
+                                                           "profile_weights": np.ascontiguousarray(weights)}))
+            journal.append(finished)
+            progress.update(len(finished))
+        finished = segmented(segment.flush())
+        finished += classified(classify.flush())
+        journal.append(finished)
+        progress.update(len(finished))
+
+
+def _features(state: dict, probabilities: np.ndarray, out_dir: Path, options: MModeOptions, untrained: bool) -> dict:
+    """Beats and statistics of one file from its LVID profile and quality windows; figures."""
+    record = state["record"]
+    counts, row_sums, spans = state["counts"], state["row_sums"], state["spans"]
+    good_windows = probabilities > 0.5
+    good = good_columns(len(counts), spans, good_windows)
+    lvid_mm = counts * state["mm_per_px"]
+    beats = beat_table(lvid_mm, state["seconds_per_px"], good, options.max_bpm)
+    record["stats"] = {"good_windows": int(good_windows.sum()), "windows": len(spans),
+                       "duration_s": round(len(counts) * state["seconds_per_px"], 4), **beat_stats(beats)}
+    record["beats"] = beats.to_dict("records")
+    if options.figures:
+        from echodeploy.client.mmode_figures import draw_figures
+
+        mean_rows = np.divide(row_sums, counts, out=np.zeros_like(row_sums), where=counts > 0)
+        stem = Path(state["file"]).with_suffix("").as_posix().replace("/", "__")
+        draw_figures(out_dir / "figures", stem, state["trace"], state["seconds_per_px"], state["mm_per_px"],
+                     counts, mean_rows, spans, probabilities, good, beats, untrained)
+    return record
+
+
+def write_features(inputs: pd.DataFrame, keys: list[str], records: dict, out_dir: Path, write: str) -> dict[str, int]:
+    """features_stats.csv (a row per file) or features_all.csv (a row per good beat; failed files once)."""
+    rows = [records.get(k) or {"status": "pending", "error": "not processed yet (interrupted)"} for k in keys]
+    base = [{"file": f, "mass_g": m, "status": r.get("status"), "error": r.get("error", ""),
+             "notes": r.get("notes", ""), "untrained": r.get("untrained", False)}
+            for f, m, r in zip(inputs["file"], inputs["mass_g"], rows)]
+    if write == "stats":
+        table = pd.DataFrame([{**b, **r.get("stats", {})} for b, r in zip(base, rows)])
+        write_csv_atomic(table, out_dir / "features_stats.csv")
+    else:
+        table = pd.DataFrame([{**b, "beat": n, **beat} for b, r in zip(base, rows)
+                              for n, beat in (enumerate(r.get("beats") or [{}]))])
+        write_csv_atomic(table, out_dir / "features_all.csv")
+    return pd.Series([r.get("status") for r in rows]).value_counts().to_dict()
