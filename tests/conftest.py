@@ -31,6 +31,15 @@ def repository(tmp_path_factory) -> Path:
     return repo
 
 
+@pytest.fixture(scope="session")
+def mmode_repository(repository) -> Path:
+    """The session repository with untrained M-mode models (seed BatchNorm mode) added."""
+    from echodeploy.export.mmode import export_mmode_models
+
+    export_mmode_models(repository, bn_mode="seed", seed=0)
+    return repository
+
+
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real `echodeploy` entry point."""
     return subprocess.run([sys.executable, "-m", "echodeploy", *args], capture_output=True,
@@ -41,8 +50,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def triton(repository, tmp_path_factory, request):
-    """A real tritonserver on free loopback ports serving the cpu-target repository."""
+def triton(mmode_repository, tmp_path_factory, request):
+    """A real tritonserver on free loopback ports serving the cpu-target repository (CMR and M-mode)."""
+    repository = mmode_repository
     from echodeploy.client.server import TritonServer, ensure_server_env
     from echodeploy.export.triton.repository import write_triton_repository
 

@@ -28,7 +28,7 @@ def _clips(batch, seed=0):
 
 def test_every_config_parses_with_tritons_schema(triton):
     configs = sorted(Path(triton.repository).glob("*/config.pbtxt"))
-    assert {c.parent.name for c in configs} == {"cmr_a4c_scar", "cmr_a4c_t1", "cmr_a4c"}
+    assert {c.parent.name for c in configs} == {"cmr_a4c_scar", "cmr_a4c_t1", "cmr_a4c", "mmode_lvid", "mmode_quality"}
     for path in configs:
         config = parse_config(path.read_text())
         assert config.max_batch_size == 4
@@ -37,19 +37,23 @@ def test_every_config_parses_with_tritons_schema(triton):
         else:
             assert config.backend == "python" and config.dynamic_batching.preferred_batch_size == [4]
             assert config.instance_group[0].kind == config.instance_group[0].KIND_CPU
-            assert config.model_warmup[0].inputs["clip"].zero_data
+            warmup = config.model_warmup[0].inputs
+            assert set(warmup) == {i.name for i in config.input} and all(w.zero_data for w in warmup.values())
             assert config.version_policy.latest.num_versions == 1
             assert (path.parent / "1" / "model.py").exists()
 
 
-def test_gpu_target_configs(repository):
+def test_gpu_target_configs(mmode_repository):
+    repository = mmode_repository
     for spec, metadata in exported_models(repository):
         gpu = parse_config(render_config(model_config(spec, metadata, "gpu", 32)))
         assert gpu.backend == "onnxruntime" and gpu.instance_group[0].kind == gpu.instance_group[0].KIND_GPU
         trt = gpu.optimization.execution_accelerators.gpu_execution_accelerator[0]
         assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
         assert trt.parameters["trt_engine_cache_enable"] == "1"
-        assert trt.parameters["trt_profile_max_shapes"] == "clip:32x3x16x112x112"
+        expected = {"clip": "clip:32x3x16x112x112",
+                    "window": "window:32x1x256x256"}[spec.inputs[0].name]
+        assert trt.parameters["trt_profile_max_shapes"].startswith(expected)
         plan = parse_config(render_config(trt_plan_config(spec, metadata, 32)))
         assert plan.platform == "tensorrt_plan" and not plan.backend
         assert plan.parameters["echodeploy.task"].string_value == spec.task
@@ -177,3 +181,20 @@ def test_docker_compose_is_ready_for_gpu_nodes():
     assert all(p.startswith("${TRITON_BIND:-127.0.0.1}:") for p in triton["ports"])
     assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
     assert "--tensorrt" in " ".join(compose["services"]["export"]["command"])
+
+
+def test_mmode_cli_on_triton_equals_embedded(triton, tmp_path):
+    from echodeploy.samples import synthetic_mmode, write_mmode_dicom
+
+    data = tmp_path / "study"
+    for i in range(2):
+        write_mmode_dicom(data / f"m{i}.dcm", synthetic_mmode(length=1400, seed=i)[0])
+    common = ["mmode", str(data), "--mass", "20", "--no-figures", "--repository", str(triton.repository),
+              "--batch-size", "3"]
+    embedded = run_cli(*common, "--out", str(tmp_path / "e"))
+    served = run_cli(*common, "--out", str(tmp_path / "t"), "--backend", "triton", "--url", triton.grpc_url)
+    assert embedded.returncode == served.returncode == 0, served.stderr
+    a, b = pd.read_csv(tmp_path / "e" / "features_stats.csv"), pd.read_csv(tmp_path / "t" / "features_stats.csv")
+    assert (a["status"] == "ok").all() and a["windows"].tolist() == b["windows"].tolist()
+    numeric = a.select_dtypes("number").columns
+    np.testing.assert_allclose(a[numeric].to_numpy(float), b[numeric].to_numpy(float), rtol=1e-5, equal_nan=True)

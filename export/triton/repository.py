@@ -68,8 +68,9 @@ def model_config(spec: ModelSpec, metadata: dict[str, str], target: Target, max_
         config["backend"] = "python"
         config["instance_group"] = [{"kind": "KIND_CPU", "count": instances}]
         return config
-    shape = "x".join(map(str, spec.inputs[0].shape))
-    name = spec.inputs[0].name
+    def profile(batch: int) -> str:
+        return ",".join(f"{t.name}:{batch}x{'x'.join(map(str, t.shape))}" for t in spec.inputs)
+
     trt = {
         "precision_mode": "FP16",
         "max_workspace_size_bytes": str(8 << 30),
@@ -77,9 +78,9 @@ def model_config(spec: ModelSpec, metadata: dict[str, str], target: Target, max_
         "trt_engine_cache_path": f"{TRT_CACHE}/{spec.name}",
         "trt_timing_cache_enable": "1",
         "trt_timing_cache_path": TRT_CACHE,
-        "trt_profile_min_shapes": f"{name}:1x{shape}",
-        "trt_profile_opt_shapes": f"{name}:{max_batch_size}x{shape}",
-        "trt_profile_max_shapes": f"{name}:{max_batch_size}x{shape}",
+        "trt_profile_min_shapes": profile(1),
+        "trt_profile_opt_shapes": profile(max_batch_size),
+        "trt_profile_max_shapes": profile(max_batch_size),
     }
     config["backend"] = "onnxruntime"
     config["instance_group"] = [{"kind": "KIND_GPU", "count": instances}]

@@ -52,12 +52,13 @@ def build_plans(repository: Path, max_batch_size: int) -> list[str]:
                           f"{version}: plans are version-bound; rebuild all of them in one TensorRT version")
     built = []
     for spec, metadata in exported_models(repository):
-        shape = "x".join(map(str, spec.inputs[0].shape))
-        name = spec.inputs[0].name
+        def shapes(batch: int) -> str:
+            return ",".join(f"{t.name}:{batch}x{'x'.join(map(str, t.shape))}" for t in spec.inputs)
+
         plan = model_file(repository, spec.name).with_name("model.plan")
         command = ["trtexec", f"--onnx={model_file(repository, spec.name)}", f"--saveEngine={plan}", "--fp16",
-                   f"--minShapes={name}:1x{shape}", f"--optShapes={name}:{max_batch_size}x{shape}",
-                   f"--maxShapes={name}:{max_batch_size}x{shape}"]
+                   f"--minShapes={shapes(1)}", f"--optShapes={shapes(max_batch_size)}",
+                   f"--maxShapes={shapes(max_batch_size)}"]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode:
             raise ExportError(f"trtexec failed for {spec.name}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
