@@ -77,6 +77,8 @@ class OnnxRuntimeBackend:
             options = self._ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # no busy-waiting between runs: decoding workers share these cores
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._sessions[model] = self._ort.InferenceSession(str(path), options, providers=self.providers)
         return self._sessions[model]
 

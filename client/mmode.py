@@ -37,7 +37,7 @@ class MModeOptions:
     write: Literal["all", "stats"] = "stats"
     figures: bool = True
     batch_size: int = 8
-    workers: int = 1
+    workers: int = 0
     max_bpm: float = DEFAULT_MAX_BPM
     bn_mode: str = "seed"
 

@@ -240,7 +240,8 @@ def mmode(
         help="Highest plausible heart rate; sets the minimum beat spacing (default = the seed's 85 px).")] = 0,
     bn_mode: BnMode = "seed",
     batch_size: Annotated[int, typer.Option(help="Windows per inference request.")] = 8,
-    workers: Workers = 1,
+    workers: Annotated[int, typer.Option(
+        help="Reader processes (0: read in the main process; reading is ~1% of the time).")] = 0,
     repository: Repository = DEFAULT_REPOSITORY,
     backend: BackendName = "onnxruntime",
     url: Urls = None,
@@ -277,54 +278,30 @@ def demo(
     repository: Repository = DEFAULT_REPOSITORY,
     workers: Workers = 1,
 ):
-    """Run the CMR pipeline end to end on generated echo videos with the embedded backend."""
-    from echodeploy.client.backends import OnnxRuntimeBackend
+    """Run both pipelines end to end on generated data with the embedded backend (no server)."""
     from echodeploy.client.cmr import CmrOptions
     from echodeploy.client.inputs import read_inputs
-    from echodeploy.samples import write_demo_study
+    from echodeploy.client.mmode import MModeOptions, read_mmode_inputs, run_mmode
+    from echodeploy.samples import write_demo_mmode_study, write_demo_study
 
     try:
+        typer.secho("== CMR from echo: 12 generated A4C videos, untrained scar model ==", bold=True)
         manifest = write_demo_study(out / "data")
         typer.echo(f"wrote demo videos and manifest {manifest}")
         tasks = ("scar",)
         _export(repository, ("A4C",), tasks, None, 0, False)
-        inputs = read_inputs(manifest, "A4C")
-        _run_cmr(inputs, OnnxRuntimeBackend(repository), out / "cmr",
-                 CmrOptions(tasks=tasks, workers=workers))
-    except EchodeployError as exc:
-        _fail(str(exc))
+        _export_mmode(repository, None, "seed", 0, False)
+        _write_triton(repository, "cpu", 8, 1, False)  # ready for `echodeploy serve`
+        backend = make_backend("onnxruntime", repository, None, "grpc", 1)
+        _run_cmr(read_inputs(manifest, "A4C"), backend, out / "cmr", CmrOptions(tasks=tasks, workers=workers))
 
-
-@app.command()
-def serve(
-    repository: Repository = DEFAULT_REPOSITORY,
-    host: Annotated[str, typer.Option(help="Address to bind (loopback unless you mean to expose it).")] = "127.0.0.1",
-    http_port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
-    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
-    metrics_port: Annotated[int, typer.Option(help="Metrics port.")] = 8002,
-    server_env: ServerEnv = DEFAULT_SERVER_ENV,
-    setup: Annotated[bool, typer.Option(help="Create the server environment if missing.")] = True,
-):
-    """Serve the cpu-target repository with a local tritonserver until Ctrl-C."""
-    import time
-
-    from echodeploy.client.server import TritonServer, ensure_server_env
-
-    try:
-        if not (repository / "TARGET").exists():
-            raise EchodeployError(f"{repository} has no Triton configs: run `echodeploy export ... --target cpu`")
-        if setup:
-            ensure_server_env(server_env)
-        server = TritonServer(repository, env=server_env, host=host, http_port=http_port,
-                              grpc_port=grpc_port, metrics_port=metrics_port)
-        with server:
-            typer.echo(f"tritonserver ready: grpc {server.grpc_url}  http http://{server.http_url}  "
-                       f"metrics http://{host}:{server.metrics_port}/metrics  (Ctrl-C stops)")
-            typer.echo(f"use it: echodeploy cmr MANIFEST --backend triton --url {server.grpc_url} --out DIR")
-            while server.running:
-                time.sleep(0.5)
-            raise EchodeployError(f"tritonserver stopped unexpectedly:\n{server.log_tail()}")
-    except KeyboardInterrupt:
-        typer.echo("stopped")
+        typer.secho("== M-mode phenotyping: 2 generated mouse M-mode DICOMs, untrained models ==", bold=True)
+        folder = write_demo_mmode_study(out / "mmode_data")
+        counts = run_mmode(read_mmode_inputs(folder, mass_g=22), make_backend("onnxruntime", repository, None,
+                                                                              "grpc", 1), out / "mmode",
+                           MModeOptions())
+        typer.echo("files: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+        typer.echo(f"wrote {out / 'mmode' / 'features_stats.csv'} and figures in {out / 'mmode' / 'figures'}")
+        typer.secho("demo outputs come from UNTRAINED models: see README 'Real weights'", fg="yellow", err=True)
     except EchodeployError as exc:
         _fail(str(exc))

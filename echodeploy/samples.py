@@ -207,3 +207,12 @@ def write_mmode_dicom(path: Path, trace: np.ndarray, frame_width: int = 400, ste
     ds.PixelData = frames.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def write_demo_mmode_study(folder: Path, mice: int = 2, seed: int = 0) -> Path:
+    """A folder of synthetic mouse M-mode DICOMs at different heart rates; returns the folder."""
+    folder = Path(folder)
+    for i in range(mice):
+        trace, _ = synthetic_mmode(length=2400, heart_rate_bpm=420 + 60 * i, seed=seed + i)
+        write_mmode_dicom(folder / f"mouse{i + 1}.dcm", trace)
+    return folder
