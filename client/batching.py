@@ -8,13 +8,14 @@ items in it are retried one by one so only the offending item fails.
 from __future__ import annotations
 
 import multiprocessing
+import time
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Callable
 
 import numpy as np
 
-from echodeploy.errors import RequestError
+from echodeploy.errors import InputError, RequestError
 
 Infer = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -102,6 +103,21 @@ def ordered_results(executor: Executor, jobs, window: int):
     while queue:
         job, future = queue.popleft()
         yield job, future.result()
+
+
+def guarded_read(read: Callable, *args):
+    """Worker: (payload or None, result fields). `read` returns (payload, notes); bad input is
+    recorded with its status and reason, never raised, so one file cannot end a bulk run."""
+    start = time.perf_counter()
+    try:
+        payload, notes = read(*args)
+        fields = {"status": "ok", "error": "", "notes": "; ".join(notes)}
+    except InputError as exc:
+        payload, fields = None, {"status": exc.status, "error": str(exc), "notes": ""}
+    except Exception as exc:  # a reader crash on one file must not end the run
+        payload, fields = None, {"status": "error", "error": f"{type(exc).__name__}: {exc}", "notes": ""}
+    fields["decode_s"] = round(time.perf_counter() - start, 4)
+    return payload, fields
 
 
 def decode_executor(workers: int) -> Executor:

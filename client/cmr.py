@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from echodeploy.client.backends import Backend, check_model
-from echodeploy.client.batching import Batcher, decode_executor, ordered_results
+from echodeploy.client.batching import Batcher, decode_executor, guarded_read, ordered_results
 from echodeploy.client.inputs import STUDY, TARGET
 from echodeploy.client.metrics import binary_metrics, regression_metrics
 from echodeploy.client.records import Journal, fingerprint, write_csv_atomic
@@ -64,20 +63,11 @@ def row_key(index: int, row: pd.Series) -> str:
     return f"{index}|{row['path']}"
 
 
-def decode_row(path: str | None, clip: ClipSpec, mode: ClipMode, fps: float | None):
-    """Worker: (clips or None, result fields). Bad input is reported, never raised."""
-    start = time.perf_counter()
-    try:
-        if path is None:
-            raise InputError("row names no file", "missing")
-        clips, notes = load_clips(Path(path), clip, mode, fps)
-        fields = {"status": "ok", "error": "", "notes": "; ".join(notes)}
-    except InputError as exc:
-        clips, fields = None, {"status": exc.status, "error": str(exc), "notes": ""}
-    except Exception as exc:  # a reader crash on one file must not end the run
-        clips, fields = None, {"status": "error", "error": f"{type(exc).__name__}: {exc}", "notes": ""}
-    fields["decode_s"] = round(time.perf_counter() - start, 4)
-    return clips, fields
+def read_clips(path: str | None, clip: ClipSpec, mode: ClipMode, fps: float | None):
+    """(clips, notes) of one row's file."""
+    if path is None:
+        raise InputError("row names no file", "missing")
+    return load_clips(Path(path), clip, mode, fps)
 
 
 def _view_infer(backend: Backend, calls: list[tuple[str, list[str]]]):
@@ -148,7 +138,7 @@ def _process(inputs, todo, keys, prints, calls, untrained, backend, journal, opt
     batchers = {view: Batcher(_view_infer(backend, view_calls), options.batch_size)
                 for view, view_calls in calls.items()}
     pending: dict[str, dict] = {}
-    jobs = [(i, (decode_row, inputs.at[i, "path"], clip, options.clips, options.fps)) for i in todo]
+    jobs = [(i, (guarded_read, read_clips, inputs.at[i, "path"], clip, options.clips, options.fps)) for i in todo]
     window = max(2 * options.workers, 1) + options.batch_size
     with decode_executor(options.workers) as executor, tqdm(total=len(inputs), initial=len(inputs) - len(todo), unit="video",
                         desc="cmr", dynamic_ncols=True) as progress:

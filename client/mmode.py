@@ -9,7 +9,6 @@ finished file goes to the journal at once, so an interrupted run resumes.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,7 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from echodeploy.client.backends import Backend, check_model
-from echodeploy.client.batching import Batcher, decode_executor, ordered_results
+from echodeploy.client.batching import Batcher, decode_executor, guarded_read, ordered_results
 from echodeploy.client.mmode_features import DEFAULT_MAX_BPM, beat_stats, beat_table, good_columns
 from echodeploy.client.records import Journal, fingerprint, write_csv_atomic
 from echodeploy.errors import EchodeployError, InputError, RequestError
@@ -77,22 +76,14 @@ def read_mmode_inputs(source: Path, mass_g: float | None = None, mass_csv: Path 
     return pd.DataFrame({"file": names, "path": [str(p) for p in files], "mass_g": masses})
 
 
-def decode_mmode(path: str, mass_g: float):
-    """Worker: stitched trace and segmentation windows, or the reason the file cannot be used."""
-    start = time.perf_counter()
-    try:
-        if not mass_g > 0:
-            raise InputError("no body mass for this file (check --mass-csv)", "error")
-        trace = read_mmode(Path(path))
-        payload = {"trace": trace.trace.astype(np.float32), "seconds_per_px": trace.seconds_per_px,
-                   "mm_per_px": trace.mm_per_px, "windows": segmentation_windows(trace.trace)}
-        fields = {"status": "ok", "error": "", "notes": "; ".join(trace.notes)}
-    except InputError as exc:
-        payload, fields = None, {"status": exc.status, "error": str(exc), "notes": ""}
-    except Exception as exc:  # a reader crash on one file must not end the run
-        payload, fields = None, {"status": "error", "error": f"{type(exc).__name__}: {exc}", "notes": ""}
-    fields["decode_s"] = round(time.perf_counter() - start, 4)
-    return payload, fields
+def read_windows(path: str, mass_g: float):
+    """({trace, calibration, segmentation windows}, notes) of one file."""
+    if not mass_g > 0:
+        raise InputError("no body mass for this file (check --mass-csv)", "error")
+    trace = read_mmode(Path(path))
+    payload = {"trace": trace.trace.astype(np.float32), "seconds_per_px": trace.seconds_per_px,
+               "mm_per_px": trace.mm_per_px, "windows": segmentation_windows(trace.trace)}
+    return payload, trace.notes
 
 
 def run_mmode(inputs: pd.DataFrame, backend: Backend, out_dir: Path, options: MModeOptions) -> dict[str, int]:
@@ -151,7 +142,7 @@ def _process(inputs, todo, keys, prints, backend, journal, out_dir, options, unt
             records.append(_features(files.pop(key), result["quality_prob"][:, 0], out_dir, options, untrained))
         return records
 
-    jobs = [(i, (decode_mmode, inputs.at[i, "path"], inputs.at[i, "mass_g"])) for i in todo]
+    jobs = [(i, (guarded_read, read_windows, inputs.at[i, "path"], inputs.at[i, "mass_g"])) for i in todo]
     with decode_executor(options.workers) as executor, tqdm(total=len(inputs), initial=len(inputs) - len(todo), unit="file", desc="mmode",
                         dynamic_ncols=True) as progress:
         for (i, _), (payload, fields) in ordered_results(executor, jobs, max(2 * options.workers, 1) + 2):

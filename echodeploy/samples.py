@@ -57,6 +57,25 @@ def write_avi(path: Path, frames: np.ndarray, fps: float = 50) -> Path:
     return path
 
 
+def _ultrasound_multiframe(frames: np.ndarray, patient: dict[str, str] | None) -> pydicom.Dataset:
+    """Dataset skeleton of an 8-bit Ultrasound Multi-frame image (no pixel data yet)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    for keyword, value in (patient or {}).items():
+        setattr(ds, keyword, value)
+    ds.NumberOfFrames = len(frames)
+    ds.Rows, ds.Columns = frames.shape[1:3]
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    return ds
+
+
 def write_dicom_cine(path: Path, frames: np.ndarray, fps: float = 50, encoding: str = "raw",
                      region: tuple[int, int, int, int] | None = None,
                      patient: dict[str, str] | None = None) -> Path:
@@ -69,20 +88,9 @@ def write_dicom_cine(path: Path, frames: np.ndarray, fps: float = 50, encoding: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rgb = np.ascontiguousarray(frames[..., ::-1])
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    for keyword, value in (patient or {}).items():
-        setattr(ds, keyword, value)
-    ds.NumberOfFrames = len(frames)
-    ds.Rows, ds.Columns = frames.shape[1:3]
+    ds = _ultrasound_multiframe(frames, patient)
+    meta = ds.file_meta
     ds.FrameTime = f"{1000.0 / fps:.4f}"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
     if region is not None:
         item = pydicom.Dataset()
         item.RegionSpatialFormat, item.RegionDataType = 1, 1
@@ -96,12 +104,10 @@ def write_dicom_cine(path: Path, frames: np.ndarray, fps: float = 50, encoding: 
             setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
             setattr(ds, f"{colour}PaletteColorLookupTableData", lut)
         ds.PixelData = np.ascontiguousarray(rgb.mean(axis=-1).astype(np.uint8)).tobytes()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
     else:
         ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
         ds.PhotometricInterpretation = "RGB"
         ds.PixelData = rgb.tobytes()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
         if encoding == "rle":
             ds.compress(RLELossless, encoding_plugin="pydicom")
         elif encoding == "jpeg":
@@ -177,21 +183,8 @@ def write_mmode_dicom(path: Path, trace: np.ndarray, frame_width: int = 400, ste
         frames[i, header:header + height, margin:margin + frame_width] = trace[:, start:start + frame_width, None]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    for keyword, value in (patient or {}).items():
-        setattr(ds, keyword, value)
-    ds.NumberOfFrames = len(frames)
-    ds.Rows, ds.Columns = frames.shape[1:3]
+    ds = _ultrasound_multiframe(frames, patient)
     ds.SamplesPerPixel, ds.PlanarConfiguration, ds.PhotometricInterpretation = 3, 0, "RGB"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
     if with_regions:
         regions = []
         for fmt, bounds in ((1, (0, 0, frames.shape[2] - 1, header - 1)), (0, (0, 0, 5, 5)),
