@@ -43,10 +43,10 @@ def test_exported_model_contract(repository, task):
             assert ((out > 0) & (out < 1)).all()
 
 
-def test_unchanged_export_is_skipped_and_changed_seed_re_exports(repository):
+def test_unchanged_export_is_skipped_and_changed_seed_re_exports(repository, tmp_path):
     (result,) = export_cmr_models(repository, views=("A4C",), tasks=("scar",), seed=0)
     assert result.report is None
-    (result,) = export_cmr_models(repository / "other", views=("A4C",), tasks=("scar",), seed=1)
+    (result,) = export_cmr_models(tmp_path, views=("A4C",), tasks=("scar",), seed=1)
     assert result.report is not None and max(result.report.max_abs_diff.values()) <= 1e-4
 
 
