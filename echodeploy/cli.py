@@ -82,7 +82,7 @@ def export(
              "from cardionet.pt / quicknat.pt) or 'cmr,mmode'.")] = "cmr",
     bn_mode: BnMode = "seed",
 ):
-    """Export R(2+1)D-18 models to ONNX (parity-checked against torch) and write a Triton repository."""
+    """Export CMR (R(2+1)D-18) and M-mode models to ONNX, parity-checked against torch, with Triton configs."""
     try:
         if (weights_dir is None) == (not untrained):
             raise EchodeployError("pass --weights-dir DIR, or --untrained for seeded random weights")
@@ -303,5 +303,40 @@ def demo(
         typer.echo("files: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
         typer.echo(f"wrote {out / 'mmode' / 'features_stats.csv'} and figures in {out / 'mmode' / 'figures'}")
         typer.secho("demo outputs come from UNTRAINED models: see README 'Real weights'", fg="yellow", err=True)
+    except EchodeployError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def serve(
+    repository: Repository = DEFAULT_REPOSITORY,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback unless you mean to expose it).")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Metrics port.")] = 8002,
+    server_env: ServerEnv = DEFAULT_SERVER_ENV,
+    setup: Annotated[bool, typer.Option(help="Create the server environment if missing.")] = True,
+):
+    """Serve the cpu-target repository with a local tritonserver until Ctrl-C."""
+    import time
+
+    from echodeploy.client.server import TritonServer, ensure_server_env
+
+    try:
+        if not (repository / "TARGET").exists():
+            raise EchodeployError(f"{repository} has no Triton configs: run `echodeploy export ... --target cpu`")
+        if setup:
+            ensure_server_env(server_env)
+        server = TritonServer(repository, env=server_env, host=host, http_port=http_port,
+                              grpc_port=grpc_port, metrics_port=metrics_port)
+        with server:
+            typer.echo(f"tritonserver ready: grpc {server.grpc_url}  http http://{server.http_url}  "
+                       f"metrics http://{host}:{server.metrics_port}/metrics  (Ctrl-C stops)")
+            typer.echo(f"use it: echodeploy cmr MANIFEST --backend triton --url {server.grpc_url} --out DIR")
+            while server.running:
+                time.sleep(0.5)
+            raise EchodeployError(f"tritonserver stopped unexpectedly:\n{server.log_tail()}")
+    except KeyboardInterrupt:
+        typer.echo("stopped")
     except EchodeployError as exc:
         _fail(str(exc))

@@ -146,11 +146,11 @@ def test_serve_command_starts_and_stops_cleanly(repository, tmp_path):
          "--server-env", str(ROOT / ".venv-server")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        line = ""
+        lines = [""]
         deadline = time.time() + 180
-        while "ready" not in line and time.time() < deadline and process.poll() is None:
-            line = process.stdout.readline()
-        assert f"grpc 127.0.0.1:{grpc}" in line, line
+        while "ready" not in lines[-1] and time.time() < deadline and process.poll() is None:
+            lines.append(process.stdout.readline())
+        assert f"grpc 127.0.0.1:{grpc}" in lines[-1], "".join(lines) + process.stdout.read()
         backend = TritonBackend([f"127.0.0.1:{grpc}"])
         assert backend.infer("cmr_a4c_scar", {"clip": _clips(1)})["scar_prob"].shape == (1, 1)
         backend.close()
