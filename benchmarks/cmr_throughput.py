@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
 from common import matmul_peak_gflops
 from echodeploy.client.backends import OnnxRuntimeBackend
 from echodeploy.client.cmr import CmrOptions, run_cmr
 from echodeploy.client.inputs import read_inputs
 from echodeploy.export.cmr import export_cmr_models, seeded_network
 from echodeploy.preprocessing.clips import load_clips
+
 from echodeploy.samples import synthetic_echo, write_avi
 from echodeploy.specs import R2PLUS1D_FLOPS, ClipSpec, cmr_model
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import matmul_peak_gflops
 from echodeploy.client.backends import OnnxRuntimeBackend
 from echodeploy.client.mmode import MModeOptions, read_mmode_inputs, run_mmode
 from echodeploy.client.mmode_features import beat_stats, beat_table, good_columns
 from echodeploy.export.mmode import export_mmode_models, seeded_mmode_network
 from echodeploy.preprocessing.mmode import quality_crop, quality_windows, read_mmode, segmentation_windows
+
 from echodeploy.samples import synthetic_mmode, write_mmode_dicom
 from echodeploy.specs import CARDIONET_FLOPS, MMODE_LVID, MMODE_QUALITY, QUICKNAT_FLOPS, mmode_model
 

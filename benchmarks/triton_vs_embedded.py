@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
 from echodeploy.client.backends import OnnxRuntimeBackend
 from echodeploy.client.server import TritonServer, ensure_server_env
 from echodeploy.client.triton_backend import TritonBackend

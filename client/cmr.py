@@ -14,16 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
-
 from echodeploy.client.backends import Backend, check_model
 from echodeploy.client.batching import Batcher, decode_executor, guarded_read, ordered_results
 from echodeploy.client.inputs import STUDY, TARGET
 from echodeploy.client.metrics import binary_metrics, regression_metrics
 from echodeploy.client.records import Journal, fingerprint, write_csv_atomic
-from echodeploy.errors import EchodeployError, InputError, RequestError
 from echodeploy.preprocessing.clips import load_clips
 from echodeploy.preprocessing.video import ClipMode
+from tqdm import tqdm
+
+from echodeploy.errors import EchodeployError, InputError, RequestError
 from echodeploy.specs import TASKS, VIEWS, ClipSpec, cmr_model, view_ensemble_name
 
 log = logging.getLogger(__name__)

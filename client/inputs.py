@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from echodeploy.preprocessing.clips import DICOM_SUFFIXES, VIDEO_SUFFIXES
 
 from echodeploy.errors import EchodeployError
-from echodeploy.preprocessing.clips import DICOM_SUFFIXES, VIDEO_SUFFIXES
 from echodeploy.specs import VIEWS
 
 STUDY = "Study_Unique_ID"

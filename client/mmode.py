@@ -15,17 +15,22 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
-
 from echodeploy.client.backends import Backend, check_model
 from echodeploy.client.batching import Batcher, decode_executor, guarded_read, ordered_results
 from echodeploy.client.mmode_features import DEFAULT_MAX_BPM, beat_stats, beat_table, good_columns
 from echodeploy.client.records import Journal, fingerprint, write_csv_atomic
-from echodeploy.errors import EchodeployError, InputError, RequestError
 from echodeploy.preprocessing.clips import is_dicom
 from echodeploy.preprocessing.mmode import (
-    profile_weights, quality_crop, quality_windows, read_mmode, segmentation_windows, stitch_profiles,
+    profile_weights,
+    quality_crop,
+    quality_windows,
+    read_mmode,
+    segmentation_windows,
+    stitch_profiles,
 )
+from tqdm import tqdm
+
+from echodeploy.errors import EchodeployError, InputError, RequestError
 from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, mmode_model
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from echodeploy.client.server import DEFAULT_SERVER_ENV
 from echodeploy.errors import EchodeployError
 from echodeploy.repository import DEFAULT_REPOSITORY
-from echodeploy.client.server import DEFAULT_SERVER_ENV
 from echodeploy.specs import PUBLISHED_TASKS, TASKS, VIEWS, parse_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

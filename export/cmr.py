@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from echodeploy.export.checkpoints import load_strict, read_checkpoint, sha256, strip_prefix
+from echodeploy.export.onnx_export import ExportReport, ServedClipModel, export_onnx, read_metadata
+from echodeploy.export.r2plus1d import R2Plus1D18
 
 from echodeploy.errors import CheckpointError
 from echodeploy.repository import model_file
 from echodeploy.specs import TASKS, VIEWS, ModelSpec, cmr_model
-from echodeploy.export.checkpoints import load_strict, read_checkpoint, sha256, strip_prefix
-from echodeploy.export.onnx_export import ExportReport, ServedClipModel, export_onnx, read_metadata
-from echodeploy.export.r2plus1d import R2Plus1D18
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from torch import Tensor, nn
-
-from echodeploy.errors import CheckpointError, ExportError
 from echodeploy.export.cardionet import CardioNet
 from echodeploy.export.checkpoints import load_strict, read_checkpoint, sha256
 from echodeploy.export.onnx_export import ExportReport, export_onnx, read_metadata
 from echodeploy.export.quicknat import QuickNAT
+from torch import Tensor, nn
+
+from echodeploy.errors import CheckpointError, ExportError
 from echodeploy.repository import model_file
 from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, ModelSpec, mmode_model
 

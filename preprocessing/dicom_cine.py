@@ -13,11 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
+from echodeploy.preprocessing.video import Cine
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut
 
 from echodeploy.errors import InputError
-from echodeploy.preprocessing.video import Cine
 
 REGION_2D = 1  # RegionSpatialFormat of a 2D (B-mode) region
 MOTION_THRESHOLD = 2.0  # grey levels of temporal std that count as "moving"

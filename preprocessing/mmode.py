@@ -13,9 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
+from echodeploy.preprocessing.dicom_cine import decode_frames, read_dataset
 
 from echodeploy.errors import InputError
-from echodeploy.preprocessing.dicom_cine import decode_frames, read_dataset
 
 REGION_MMODE = 2  # RegionSpatialFormat of an M-mode region
 SEED_REGION_INDEX = 2  # the seed hard-codes the third region

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import run_cli
+
 from echodeploy.samples import synthetic_echo, write_avi, write_dicom_cine
 
 GOOD = ["S1_a", "S1_b", "S2_a", "S3_dcm"]

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from echodeploy.client.metrics import binary_metrics, regression_metrics, roc_auc, youden_cutoff
 
 

@@ -10,14 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import ROOT, run_cli
 from echodeploy.client.backends import OnnxRuntimeBackend, check_model
 from echodeploy.client.triton_backend import TritonBackend
-from echodeploy.errors import BackendError, RequestError
 from echodeploy.export.triton.repository import (
-    exported_models, model_config, parse_config, render_config, trt_plan_config,
+    exported_models,
+    model_config,
+    parse_config,
+    render_config,
+    trt_plan_config,
 )
+
+from echodeploy.errors import BackendError, RequestError
 from echodeploy.samples import synthetic_echo, write_avi
 from echodeploy.specs import cmr_model
 
