@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from common import matmul_peak_gflops
@@ -46,8 +47,6 @@ def seed_equivalent(paths: list[Path]) -> tuple[int, int]:
                 logits = quicknat(torch.from_numpy(window[None]))
                 masks.append(torch.sigmoid(logits).round()[0, 0].numpy())
             seg_count += len(masks)
-            import cv2
-
             resized = [cv2.resize(m, (height, height), interpolation=cv2.INTER_NEAREST) for m in masks]
             last_new = length - (len(resized) - 1) * height
             mask = np.concatenate(resized[:-1] + [resized[-1][:, height - last_new:]], axis=1)
