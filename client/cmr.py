@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from echodeploy.client.backends import Backend, check_model
 from echodeploy.client.batching import Batcher, decode_executor, guarded_read, ordered_results
-from echodeploy.client.inputs import STUDY, TARGET
+from echodeploy.client.inputs import STUDY, TARGET, target_values
 from echodeploy.client.metrics import binary_metrics, regression_metrics
 from echodeploy.client.records import Journal, fingerprint, write_csv_atomic
 from echodeploy.preprocessing.clips import load_clips
@@ -63,8 +63,10 @@ def row_key(index: int, row: pd.Series) -> str:
     return f"{index}|{row['path']}"
 
 
-def read_clips(path: str | None, clip: ClipSpec, mode: ClipMode, fps: float | None):
+def read_clips(path: str | None, path_error: str, clip: ClipSpec, mode: ClipMode, fps: float | None):
     """(clips, notes) of one row's file."""
+    if path_error:
+        raise InputError(path_error, "outside_root")
     if path is None:
         raise InputError("row names no file", "missing")
     return load_clips(Path(path), clip, mode, fps)
@@ -138,7 +140,8 @@ def _process(inputs, todo, keys, prints, calls, untrained, backend, journal, opt
     batchers = {view: Batcher(_view_infer(backend, view_calls), options.batch_size)
                 for view, view_calls in calls.items()}
     pending: dict[str, dict] = {}
-    jobs = [(i, (guarded_read, read_clips, inputs.at[i, "path"], clip, options.clips, options.fps)) for i in todo]
+    jobs = [(i, (guarded_read, read_clips, inputs.at[i, "path"], inputs.at[i, "path_error"], clip, options.clips,
+                 options.fps)) for i in todo]
     window = max(2 * options.workers, 1) + options.batch_size
     with decode_executor(options.workers) as executor, tqdm(total=len(inputs), initial=len(inputs) - len(todo), unit="video",
                         desc="cmr", dynamic_ncols=True) as progress:
@@ -167,7 +170,7 @@ def _process(inputs, todo, keys, prints, calls, untrained, backend, journal, opt
 def predictions_table(inputs: pd.DataFrame, keys: list[str], records: dict[str, dict],
                       tasks: tuple[str, ...]) -> pd.DataFrame:
     """The input rows, in order, with status, reason and one column per task output."""
-    table = inputs.copy()
+    table = inputs.drop(columns="path_error")
     outputs = [TASKS[t].output for t in tasks]
     rows = [records.get(k) or {"status": "pending", "error": "not processed yet (interrupted)"} for k in keys]
     for column in RESULT_COLUMNS:
@@ -198,14 +201,17 @@ def evaluate(predictions: pd.DataFrame, studies: pd.DataFrame, task: str) -> dic
     """Metrics of `task` against TARGET, per view and pooled (videos) and per study."""
     spec = TASKS[task]
     score = binary_metrics if spec.kind == "binary" else regression_metrics
-    ok = predictions[(predictions["status"] == "ok") & predictions[TARGET].notna()]
-    target = pd.to_numeric(ok[TARGET], errors="coerce")
-    result = {"task": task, "kind": spec.kind, "videos": {"all": score(target, ok[spec.output])}}
+    target = target_values(predictions[TARGET])
+    if spec.kind == "binary" and (outside := ~target.isin([0, 1]) & target.notna()).any():
+        log.warning("TARGET: %d values other than 0/1 for binary task %s are left out of the metrics",
+                    outside.sum(), task)
+        target = target.where(~outside)
+    ok = predictions.assign(**{TARGET: target})[(predictions["status"] == "ok") & target.notna()]
+    result = {"task": task, "kind": spec.kind, "videos": {"all": score(ok[TARGET], ok[spec.output])}}
     for view, group in ok.groupby("view"):
-        result["videos"][view] = score(pd.to_numeric(group[TARGET], errors="coerce"), group[spec.output])
-    study_target = ok.groupby(STUDY)[TARGET].first()
+        result["videos"][view] = score(group[TARGET], group[spec.output])
     per_study = studies[studies["task"] == task].set_index(STUDY)["all_views"]
-    joined = pd.concat([pd.to_numeric(study_target, errors="coerce"), per_study], axis=1, join="inner")
+    joined = pd.concat([ok.groupby(STUDY)[TARGET].first(), per_study], axis=1, join="inner")
     result["studies"] = score(joined.iloc[:, 0], joined.iloc[:, 1])
     return result
 

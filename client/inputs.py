@@ -1,18 +1,27 @@
 """Bulk inputs: a manifest CSV (cardiac_mri columns, or a filename/path column) or a folder.
 
 Every input becomes one row with a resolved `path` (or none, if it cannot be found) and a
-`view`; a row that cannot be resolved is kept and later reported, never dropped.
+`view`; a row that cannot be resolved is kept and later reported, never dropped. A manifest
+path that leads outside the data root (`..`, an absolute path elsewhere) is refused with the
+reason in `path_error` unless the caller allows it. Problems that do not stop the run
+(duplicate rows, unusable TARGET values) are logged as warnings.
 """
 
 from __future__ import annotations
 
+import io
+import logging
+import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from echodeploy.preprocessing.clips import DICOM_SUFFIXES, VIDEO_SUFFIXES
 
 from echodeploy.errors import EchodeployError
 from echodeploy.specs import VIEWS
+
+log = logging.getLogger(__name__)
 
 STUDY = "Study_Unique_ID"
 VIDEO = "Video_Unique_ID"
@@ -22,8 +31,10 @@ VIEW_COLUMNS = ("view", "View", "VIEW")
 GUESSED_SUFFIXES = (".avi", ".dcm", ".mp4")
 
 
-def read_inputs(source: Path, view: str | None = None, data_root: Path | None = None) -> pd.DataFrame:
-    """Rows with the source's own columns plus `path` (str or None) and `view`."""
+def read_inputs(source: Path, view: str | None = None, data_root: Path | None = None,
+                allow_outside_root: bool = False) -> pd.DataFrame:
+    """Rows with the source's own columns plus `path` (str or None), `path_error` (why a path
+    was refused, or '') and `view`."""
     source = Path(source)
     if source.is_dir():
         rows = _folder_rows(source)
@@ -31,11 +42,27 @@ def read_inputs(source: Path, view: str | None = None, data_root: Path | None = 
     elif source.is_file():
         rows = _read_manifest(source)
         root = Path(data_root) if data_root else source.parent
+        _warn_about(rows)
     else:
         raise EchodeployError(f"{source}: no such manifest or folder")
-    rows["path"] = [_resolve(root, row) for _, row in rows.iterrows()]
+    paths = [_resolve(root, row) for _, row in rows.iterrows()]
+    errors = ["" if allow_outside_root or p is None else _outside_root(root, p) for p in paths]
+    rows["path"] = pd.Series([None if e else p for p, e in zip(paths, errors)], index=rows.index, dtype=object)
+    rows["path_error"] = errors
+    if any(errors):
+        log.warning("%d rows name files outside the data root %s: refused (status outside_root); pass "
+                    "--data-root or --allow-outside-root to read them", sum(map(bool, errors)), root)
     rows["view"] = _views(rows, view)
     return rows.reset_index(drop=True)
+
+
+def _outside_root(root: Path, path: str) -> str:
+    """Why `path` is refused ('' if it lies inside `root`), judged on the names alone: symlinks
+    placed inside the root are the user's choice and are followed."""
+    root_abs = os.path.abspath(root)
+    if os.path.commonpath([root_abs, os.path.abspath(path)]) == root_abs:
+        return ""
+    return f"path {path!r} lies outside the data root {root_abs}"
 
 
 def _folder_rows(folder: Path) -> pd.DataFrame:
@@ -51,10 +78,20 @@ def _folder_rows(folder: Path) -> pd.DataFrame:
 
 
 def _read_manifest(path: Path) -> pd.DataFrame:
+    """UTF-8 (with or without BOM) or UTF-16 with BOM (Excel's 'Unicode text') CSV."""
+    raw = path.read_bytes()
+    encoding = "utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
     try:
-        rows = pd.read_csv(path, dtype={STUDY: str, VIDEO: str}, keep_default_na=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise EchodeployError(f"{path}: not a readable CSV manifest ({exc})") from exc
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise EchodeployError(f"{path}: not {encoding.removesuffix('-sig').upper()} text ({exc.reason} at byte "
+                              f"{exc.start}); save the manifest as 'CSV UTF-8'") from exc
+    try:
+        rows = pd.read_csv(io.StringIO(text), dtype={STUDY: str, VIDEO: str}, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise EchodeployError(f"{path}: not a readable CSV manifest ({' '.join(str(exc).split())})") from exc
+    if rows.empty:
+        raise EchodeployError(f"{path}: the manifest has a header but no rows")
     if not any(c in rows.columns for c in (VIDEO, *PATH_COLUMNS)):
         raise EchodeployError(
             f"{path}: manifest needs a {VIDEO} or a file column ({', '.join(PATH_COLUMNS)}); "
@@ -63,6 +100,34 @@ def _read_manifest(path: Path) -> pd.DataFrame:
     if STUDY not in rows.columns:
         rows[STUDY] = ""
     return rows
+
+
+def _warn_about(rows: pd.DataFrame) -> None:
+    """Log what a user would want to know about a manifest that still runs."""
+    ids = next(c for c in (*PATH_COLUMNS, VIDEO) if c in rows.columns)
+    repeated = rows[ids][rows[ids].duplicated() & rows[ids].notna()]
+    if len(repeated):
+        log.warning("%d rows repeat a %s listed earlier (e.g. %s): each row is processed and reported",
+                    len(repeated), ids, ", ".join(map(repr, repeated.unique()[:3])))
+    if TARGET in rows.columns:
+        empty = rows[TARGET].isna()
+        unusable = ~empty & target_values(rows[TARGET]).isna()
+        if empty.any() or unusable.any():
+            log.warning("TARGET: %d rows empty, %d not a finite number (e.g. %s); they are left out of the metrics",
+                        empty.sum(), unusable.sum(), ", ".join(map(repr, rows.loc[unusable, TARGET].unique()[:3])))
+
+
+def target_values(values: pd.Series) -> pd.Series:
+    """TARGET as floats; empty, non-numeric and infinite values become NaN (left out of metrics)."""
+    numbers = pd.to_numeric(values, errors="coerce").astype(float)
+    return numbers.where(np.isfinite(numbers))
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # name too long, NUL byte: the row is reported as missing later
+        return False
 
 
 def _resolve(root: Path, row: pd.Series) -> str | None:
@@ -74,10 +139,10 @@ def _resolve(root: Path, row: pd.Series) -> str | None:
     if not isinstance(video, str) or not video.strip():
         return None
     base = root / video.strip()
-    if base.exists() or base.suffix:
+    if _exists(base) or base.suffix:
         return str(base)
     for suffix in GUESSED_SUFFIXES:
-        if base.with_name(base.name + suffix).exists():
+        if _exists(base.with_name(base.name + suffix)):
             return str(base.with_name(base.name + suffix))
     return str(base)
 

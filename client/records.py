@@ -19,7 +19,7 @@ def fingerprint(path: Path | None) -> str:
     """Cheap identity of an input file: size and modification time."""
     try:
         stat = Path(path).stat()
-    except (OSError, TypeError):
+    except (OSError, TypeError, ValueError):
         return "missing"
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 

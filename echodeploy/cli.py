@@ -147,6 +147,9 @@ def cmr(
     tasks: Tasks = None,
     data_root: Annotated[Optional[Path], typer.Option(
         help="Folder the manifest's file names are relative to (default: the manifest's folder).")] = None,
+    allow_outside_root: Annotated[bool, typer.Option(
+        help="Read manifest paths outside the data root ('..', absolute paths elsewhere); "
+             "by default such rows are refused with status outside_root.")] = False,
     clips: Annotated[str, typer.Option(help="'first' (the seed's clip) or 'all' (average every start).")] = "first",
     fps: Annotated[Optional[float], typer.Option(help="Resample frames to this rate before cutting clips.")] = None,
     target_task: Annotated[Optional[str], typer.Option(help="Task the TARGET column refers to.")] = None,
@@ -170,7 +173,7 @@ def cmr(
         )
         if view:
             parse_names("view", view, VIEWS, ())
-        inputs = read_inputs(source, view, data_root)
+        inputs = read_inputs(source, view, data_root, allow_outside_root)
         _run_cmr(inputs, make_backend(backend, repository, url, protocol, max_in_flight), out, options)
     except EchodeployError as exc:
         _fail(str(exc))

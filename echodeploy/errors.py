@@ -11,10 +11,13 @@ class EchodeployError(Exception):
 
 
 class InputError(EchodeployError):
-    """One input (video, DICOM, manifest row) cannot be used; `status` names the reason."""
+    """One input (video, DICOM, manifest row) cannot be used; `status` names the reason.
+
+    The message is kept on one line (decoders report multi-line reasons): it lands in a CSV cell.
+    """
 
     def __init__(self, message: str, status: str = "error"):
-        super().__init__(message)
+        super().__init__(" ".join(message.split()))
         self.status = status
 
 

@@ -25,10 +25,15 @@ def is_dicom(path: Path) -> bool:
 def read_cine(path: Path, max_frames: int | None = None) -> Cine:
     """Decode a video or cine DICOM; missing, empty and non-video files raise `InputError`."""
     path = Path(path)
+    try:
+        size = path.stat().st_size
+    except (OSError, ValueError) as exc:  # absent, no permission, name too long, NUL in the name
+        raise InputError(f"file not found or not accessible: {path} ({getattr(exc, 'strerror', None) or exc})",
+                         "missing") from exc
     if not path.is_file():
-        raise InputError(f"file not found: {path}", "missing")
-    if path.stat().st_size == 0:
-        raise InputError("empty file", "unreadable")
+        raise InputError(f"not a regular file: {path}", "missing")
+    if size == 0:
+        raise InputError("empty file (0 bytes)", "unreadable")
     suffix = path.suffix.lower()
     if suffix in DICOM_SUFFIXES or (suffix not in VIDEO_SUFFIXES and is_dicom(path)):
         return read_dicom_cine(path)

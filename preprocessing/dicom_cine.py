@@ -8,13 +8,15 @@ lie outside the sector. Nothing from the header other than geometry and timing i
 
 from __future__ import annotations
 
+import io
+import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pydicom
-from echodeploy.preprocessing.video import Cine
-from pydicom.errors import InvalidDicomError
+from echodeploy.preprocessing.video import Cine, check_size, plausible_fps
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_color_lut
 
 from echodeploy.errors import InputError
@@ -23,6 +25,9 @@ REGION_2D = 1  # RegionSpatialFormat of a 2D (B-mode) region
 MOTION_THRESHOLD = 2.0  # grey levels of temporal std that count as "moving"
 LIT_THRESHOLD = 3  # grey level above which a pixel carries signal
 MIN_SECTOR_FRACTION = 0.05  # a sector smaller than this part of the image is not trusted
+# what pydicom raises on malformed files (lengths, VRs, values, truncation)
+PARSE_ERRORS = (InvalidDicomError, BytesLengthException, EOFError, OSError, ValueError, TypeError, KeyError,
+                IndexError, OverflowError, NotImplementedError, struct.error)
 
 
 def read_dicom_cine(path: Path) -> Cine:
@@ -48,43 +53,68 @@ def read_dicom_cine(path: Path) -> Cine:
 
 
 def read_dataset(path: Path) -> pydicom.Dataset:
+    """Parse a DICOM file completely, so that a malformed element fails here and not on first use.
+
+    The file is parsed from memory: a corrupt length field then cannot make the parser reserve
+    a buffer of that length (up to 4 GiB) before it finds the file shorter.
+    """
+    check_size(Path(path).stat().st_size, "the file")
     try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError) as exc:
+        ds = pydicom.dcmread(io.BytesIO(Path(path).read_bytes()))
+        for _ in (*ds.file_meta.iterall(), *ds.iterall()):
+            pass
+    except PARSE_ERRORS as exc:
         raise InputError(f"not a readable DICOM file ({type(exc).__name__}: {exc})", "unreadable") from exc
     if "PixelData" not in ds:
         raise InputError("DICOM has no pixel data", "not_video")
     return ds
 
 
+def header_int(ds: pydicom.Dataset, keyword: str, default: int) -> int:
+    """An integer header value; `default` when absent or empty; an unparseable one raises `InputError`."""
+    try:
+        value = ds.get(keyword)
+        return default if value is None or value == "" else int(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InputError(f"invalid {keyword} in the DICOM header ({exc})", "unreadable") from exc
+
+
 def decode_frames(ds: pydicom.Dataset) -> np.ndarray:
-    """Pixel data of a multi-frame dataset; undecodable and single-frame data raise `InputError`."""
+    """Pixel data of a multi-frame dataset; single-frame, oversized and undecodable data raise `InputError`."""
+    frames = header_int(ds, "NumberOfFrames", 1)
+    if frames < 2:
+        raise InputError("single-frame DICOM, not a cine loop", "not_video")
+    bytes_per_sample = -(-header_int(ds, "BitsAllocated", 8) // 8)
+    check_size(frames * header_int(ds, "Rows", 0) * header_int(ds, "Columns", 0)
+                       * header_int(ds, "SamplesPerPixel", 1) * bytes_per_sample)
     syntax = ds.file_meta.get("TransferSyntaxUID", None)
     try:
-        pixels = ds.pixel_array
+        return ds.pixel_array
     except Exception as exc:  # decoders raise many types; all mean "cannot decode"
         name = getattr(syntax, "name", syntax)
         raise InputError(f"cannot decode pixel data ({name}): {exc}", "unreadable") from exc
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames < 2:
-        raise InputError("single-frame DICOM, not a cine loop", "not_video")
-    return pixels
 
 
 def to_bgr_uint8(pixels: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     """(T, H, W[, C]) pixels in the dataset's photometric interpretation -> (T, H, W, 3) BGR uint8."""
     interpretation = str(ds.get("PhotometricInterpretation", "")).upper()
     if interpretation == "PALETTE COLOR":
-        pixels = apply_color_lut(pixels, ds)
+        try:
+            pixels = apply_color_lut(pixels, ds)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            raise InputError(f"palette colour image without a usable lookup table ({exc})", "unreadable") from exc
         depth = 16 if pixels.dtype == np.uint16 and pixels.max() > 255 else 8
     else:
-        depth = int(ds.get("BitsStored", 8) or 8)
+        depth = header_int(ds, "BitsStored", 8)
     if pixels.dtype != np.uint8:
         pixels = (pixels.astype(np.float32) * (255.0 / (2**depth - 1))).clip(0, 255).astype(np.uint8)
     if pixels.ndim == 3:  # monochrome
         if interpretation == "MONOCHROME1":
             pixels = 255 - pixels
         return np.repeat(pixels[..., None], 3, axis=-1)
+    if pixels.ndim != 4 or pixels.shape[-1] != 3:
+        raise InputError(f"unsupported pixel layout {pixels.shape} ({interpretation or 'no'} colour model)",
+                         "unreadable")
     # pydicom hands YBR as RGB (its default colour conversion); RGB -> BGR like OpenCV's AVIs
     return np.ascontiguousarray(pixels[..., ::-1])
 
@@ -135,11 +165,11 @@ def sector_mask(frames: np.ndarray) -> np.ndarray | None:
 
 def frame_rate(ds: pydicom.Dataset) -> float | None:
     """Frames per second from Frame Time (ms), Cine Rate or Recommended Display Frame Rate."""
-    frame_time = ds.get("FrameTime")
-    if frame_time and float(frame_time) > 0:
-        return 1000.0 / float(frame_time)
+    frame_time = plausible_fps(ds.get("FrameTime"))
+    if frame_time is not None:
+        return plausible_fps(1000.0 / frame_time)
     for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
-        value = ds.get(keyword)
-        if value and float(value) > 0:
-            return float(value)
+        fps = plausible_fps(ds.get(keyword))
+        if fps is not None:
+            return fps
     return None

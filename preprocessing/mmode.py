@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pydicom
 from echodeploy.preprocessing.dicom_cine import decode_frames, read_dataset
+from echodeploy.preprocessing.video import check_size
 
 from echodeploy.errors import InputError
 
@@ -21,6 +22,9 @@ REGION_MMODE = 2  # RegionSpatialFormat of an M-mode region
 SEED_REGION_INDEX = 2  # the seed hard-codes the third region
 UNIT_SECONDS, UNIT_CM = 4, 3  # PhysicalUnits{X,Y}Direction codes
 GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140])  # R, G, B
+# plausible calibration (typical mouse: 0.00083 s/px, 0.0115 mm/px); outside, features would be nonsense
+MIN_SECONDS_PER_PX, MAX_SECONDS_PER_PX = 1e-6, 1.0
+MIN_MM_PER_PX, MAX_MM_PER_PX = 1e-4, 10.0
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,9 @@ def mmode_region(ds: pydicom.Dataset, shape: tuple[int, int]) -> tuple[tuple[int
     if not (0 <= x0 < x1 < width and 0 <= y0 < y1 < height):
         raise InputError(f"M-mode region bounds {bounds} (inclusive) fall outside the {width}x{height} image",
                          "bad_region")
-    if seconds_per_px <= 0 or mm_per_px <= 0:
-        raise InputError(f"M-mode calibration must be positive, got {seconds_per_px} s/px, {mm_per_px} mm/px",
+    if not (MIN_SECONDS_PER_PX <= seconds_per_px <= MAX_SECONDS_PER_PX and MIN_MM_PER_PX <= mm_per_px <= MAX_MM_PER_PX):
+        raise InputError(f"M-mode calibration {seconds_per_px} s/px, {mm_per_px} mm/px is not plausible (expected "
+                         f"{MIN_SECONDS_PER_PX}..{MAX_SECONDS_PER_PX} s/px, {MIN_MM_PER_PX}..{MAX_MM_PER_PX} mm/px)",
                          "no_calibration")
     return bounds, seconds_per_px, mm_per_px, notes
 
@@ -122,8 +127,8 @@ def read_mmode(path: Path) -> MModeTrace:
     """Calibrated, stitched grayscale M-mode trace of one DICOM file."""
     ds = read_dataset(Path(path))
     pixels = decode_frames(ds)
-    if pixels.ndim != 4 or pixels.shape[-1] != 3:
-        raise InputError(f"expected RGB frames, got shape {pixels.shape}", "unreadable")
+    if pixels.ndim != 4 or pixels.shape[-1] != 3 or pixels.dtype != np.uint8:
+        raise InputError(f"expected 8-bit RGB frames, got {pixels.dtype} {pixels.shape}", "unreadable")
     (x0, y0, x1, y1), seconds_per_px, mm_per_px, notes = mmode_region(ds, pixels.shape[1:3])
     trace, stitch_notes = stitch_frames(np.ascontiguousarray(pixels[:, y0:y1 + 1, x0:x1 + 1]))
     return MModeTrace(trace=to_gray(trace), seconds_per_px=seconds_per_px, mm_per_px=mm_per_px,
@@ -144,6 +149,7 @@ def segmentation_windows(trace: np.ndarray) -> np.ndarray:
     if length < height:
         raise InputError(f"trace of {length} columns is shorter than its height {height}", "too_short")
     count = length // height + 1
+    check_size(count * WINDOW * WINDOW * 4, f"{count} segmentation windows ({height} x {length} trace)")
     starts = [i * height for i in range(count - 1)] + [length - height]
     return np.stack([_resize(trace[:, s:s + height]) for s in starts])[:, None]
 

@@ -12,6 +12,7 @@ from echodeploy.errors import InputError
 from echodeploy.specs import ClipSpec
 
 ClipMode = Literal["first", "all"]
+MAX_DECODED_BYTES = 4 * 2**30  # memory sanity limit: an input whose arrays would take more is refused
 
 
 class Cine(NamedTuple):
@@ -29,23 +30,43 @@ def check_frames(frames: np.ndarray) -> None:
         raise ValueError(f"expected (T,H,W,3) uint8 frames, got {got}")
 
 
+def check_size(nbytes: int, what: str = "decoded frames") -> None:
+    """Refuse an input whose `what` would take more than `MAX_DECODED_BYTES`, before allocating it."""
+    if nbytes > MAX_DECODED_BYTES:
+        raise InputError(f"{what} would take {nbytes / 2**30:.3g} GiB, above the "
+                         f"{MAX_DECODED_BYTES / 2**30:.3g} GiB limit", "too_large")
+
+
+def plausible_fps(value) -> float | None:
+    """A frame rate from a header as float, or None when it is missing, unparseable or absurd."""
+    try:
+        fps = float(value)
+    except (TypeError, ValueError):
+        return None
+    return fps if 0.1 <= fps <= 10_000 else None
+
+
 def read_video(path: Path, max_frames: int | None = None) -> Cine:
     """Decode up to `max_frames` frames of an AVI/MP4 exactly as OpenCV delivers them (BGR)."""
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
             raise InputError("cannot open as a video (unsupported or corrupt container)", "unreadable")
-        fps = capture.get(cv2.CAP_PROP_FPS) or None
-        frames = []
+        fps = plausible_fps(capture.get(cv2.CAP_PROP_FPS))
+        frames, nbytes = [], 0
         while max_frames is None or len(frames) < max_frames:
             ok, frame = capture.read()
             if not ok:
                 break
             frames.append(frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+            nbytes += frames[-1].nbytes
+            check_size(nbytes)
     finally:
         capture.release()
     if not frames:
         raise InputError("no decodable frames", "unreadable")
+    if len({f.shape for f in frames}) > 1:
+        raise InputError("frame size changes within the video (corrupt stream)", "unreadable")
     return Cine(np.stack(frames), fps)
 
 
