@@ -18,7 +18,7 @@ from echodeploy.client.backends import Backend, check_model
 from echodeploy.client.batching import Batcher, decode_executor, guarded_read, ordered_results
 from echodeploy.client.inputs import STUDY, TARGET, target_values
 from echodeploy.client.metrics import binary_metrics, regression_metrics
-from echodeploy.client.records import Journal, fingerprint, write_csv_atomic
+from echodeploy.client.records import Journal, fingerprint, write_atomic, write_csv_atomic
 from echodeploy.preprocessing.clips import load_clips
 from echodeploy.preprocessing.video import ClipMode
 from tqdm import tqdm
@@ -229,8 +229,6 @@ def write_outputs(inputs, keys, records, out_dir: Path, options: CmrOptions, unt
         else:
             metrics = evaluate(predictions, studies, target_task)
             metrics["untrained"] = bool(untrained)
-            tmp = out_dir / "metrics.json.tmp"
-            tmp.write_text(json.dumps(metrics, indent=2))
-            tmp.replace(out_dir / "metrics.json")
+            write_atomic(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
     counts = predictions["status"].value_counts().to_dict()
     return CmrSummary(out_dir=out_dir, counts=counts, untrained_models=untrained, metrics=metrics)

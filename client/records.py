@@ -3,7 +3,8 @@
 Each finished row is one line, flushed and fsynced before the run moves on, so a kill
 at any moment loses at most the row being written (a torn last line is dropped on the
 next open). A rerun skips rows whose key and input fingerprint are already recorded;
-a changed input (size or mtime) is recomputed.
+a changed input (size or mtime) is recomputed. A write that fails (disk full) stops the
+run with the path and the system's reason; rows already journaled stay.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
+
+from echodeploy.errors import EchodeployError
 
 
 def fingerprint(path: Path | None) -> str:
@@ -60,14 +64,20 @@ class Journal:
     def append(self, records: list[dict]) -> None:
         if not records:
             return
-        self._file.write("".join(json.dumps(r, default=float) + "\n" for r in records))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write("".join(json.dumps(r, default=float) + "\n" for r in records))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
         for r in records:
             self.records[r["key"]] = r
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass  # only bytes of a failed append are left to flush, and that append has raised
 
     def __enter__(self):
         return self
@@ -76,8 +86,20 @@ class Journal:
         self.close()
 
 
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a temporary file, then rename it to `path`, so readers never see half a file."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(tmp, exc) from exc
+
+
 def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write a CSV via a temporary file and rename, so readers never see half a file."""
-    tmp = Path(path).with_suffix(".csv.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def _write_error(path: Path, exc: OSError) -> EchodeployError:
+    return EchodeployError(f"cannot write {path}: {exc.strerror or exc}")

@@ -74,7 +74,7 @@ class _ServerInstall:
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM the server when the process that started it dies."""
+    """Ask Linux to SIGTERM the server when the thread that started it ends (start it from one that lives)."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -171,8 +171,21 @@ class TritonServer:
                 process.kill()
                 process.wait()
         if self._workdir is not None:
+            if self.log_path and Path(self._workdir.name) in self.log_path.parents:
+                self.log_path = None  # the default log goes with its folder; a restart makes a new one
             self._workdir.cleanup()
             self._workdir = None
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (fault injection); `start()` brings it back on the same ports."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     @property
     def running(self) -> bool:

@@ -2,10 +2,12 @@
 
 A batch is split into chunks of at most the model's `max_batch_size`; chunks go out
 concurrently (at most `max_in_flight` at a time, spread round-robin over the servers)
-and are reassembled in order. Unavailable or overloaded servers are retried with
-exponential backoff until `retry_seconds` is spent; a request the server rejects
-(shape, dtype) raises `RequestError` with the server's reason. With the server on this
-host, inputs travel through system shared memory instead of the socket.
+and are reassembled in order. Failures that are the server's state, not the request's
+(down, restarting, model loading, queue full, timed out) are retried with exponential
+backoff until `retry_seconds` is spent, then raise `BackendError` (the run stops; its rows
+stay unfinished and a rerun computes them). A request the server rejects (shape, dtype)
+raises `RequestError` with the server's reason. With the server on this host, inputs
+travel through system shared memory instead of the socket.
 """
 
 from __future__ import annotations
@@ -25,15 +27,21 @@ from echodeploy.errors import BackendError, RequestError
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "Socket closed",
-             "failed to connect", "Connection refused", "Broken pipe", "Connection reset",
-             "exceeds maximum queue size", "Server is not ready")
+# Lower-case markers of failures caused by the server's state rather than the request.
+TRANSIENT = ("unavailable", "resource_exhausted", "deadline_exceeded", "socket closed", "failed to connect",
+             "connection refused", "broken pipe", "connection reset", "exceeds maximum queue size",
+             "server is not ready", "unknown model", "unable to find shared memory region")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+MAX_BACKOFF_S = 10.0
 
 
-def _is_retryable(exc: Exception) -> bool:
-    text = f"{getattr(exc, 'status', lambda: '')()} {exc}"
-    return any(marker in text for marker in RETRYABLE)
+def _is_transient(exc: Exception) -> bool:
+    text = f"{getattr(exc, 'status', lambda: '')()} {exc}".lower()
+    return any(marker in text for marker in TRANSIENT)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class TritonBackend:
@@ -48,6 +56,7 @@ class TritonBackend:
         else:
             import tritonclient.http as module
         self._module, self.protocol = module, protocol
+        self._as_json = {"as_json": True} if protocol == "grpc" else {}  # gRPC answers protobufs otherwise
         self.urls = list(urls)
         self.max_in_flight = max(1, max_in_flight)
         self.timeout_s, self.retry_seconds = timeout_s, retry_seconds
@@ -62,6 +71,8 @@ class TritonBackend:
         self.shared_memory = shared_memory
         self._pools: dict[int, queue.Queue] = {}
         self._all_regions: list = []
+        self._outages: dict[str, float] = {}  # url -> when its current outage began
+        self._closing = threading.Event()
         self.check_servers()
 
     # --- connections -------------------------------------------------------------------
@@ -77,30 +88,58 @@ class TritonBackend:
         return clients[url]
 
     def check_servers(self) -> None:
-        """Every server must be live and ready before a run starts."""
+        """Every server must be live before a run starts (each model's readiness is checked on first use:
+        a server is not ready while any of its models is not, even one this run does not need)."""
         for url in self.urls:
             try:
-                ready = self._client(url).is_server_ready()
+                live = self._client(url).is_server_live()
             except Exception as exc:
                 raise BackendError(f"Triton server at {url} is unreachable ({exc})") from exc
-            if not ready:
-                raise BackendError(f"Triton server at {url} is up but not ready")
+            if not live:
+                raise BackendError(f"Triton server at {url} is up but not live")
 
-    def _with_retry(self, what: str, call):
+    def _drop_client(self, url: str) -> None:
+        """Forget this thread's connection to `url`: gRPC's own reconnect backoff would outlast ours."""
+        client = getattr(self._local, "clients", {}).pop(url, None)
+        if client is not None:
+            client.close()
+
+    def _with_retry(self, call):
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.5
         while True:
             url = self._pick_url()
             try:
-                return call(url)
+                result = call(url)
             except Exception as exc:
-                if isinstance(exc, BackendError) or not _is_retryable(exc):
+                if isinstance(exc, BackendError) or not _is_transient(exc):
                     raise
-                if time.monotonic() + delay > deadline:
-                    raise BackendError(f"{what}: server unavailable for {self.retry_seconds:.0f} s ({exc})") from exc
-                log.warning("%s on %s failed (%s); retrying in %.1f s", what, url, str(exc).splitlines()[0], delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                self._drop_client(url)
+                if time.monotonic() + delay > deadline or self._closing.is_set():
+                    raise BackendError(
+                        f"Triton server at {url} still failing after {self.retry_seconds:.0f} s of retries "
+                        f"(--retry-seconds): {_first_line(exc)}; finished rows are kept, rerun to resume") from exc
+                self._note_outage(url, exc)
+                self._closing.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+            else:
+                self._note_recovery(url)
+                return result
+
+    def _note_outage(self, url: str, exc: Exception) -> None:
+        """One warning per outage of a server, however many requests hit it."""
+        with self._url_lock:
+            first = url not in self._outages
+            self._outages.setdefault(url, time.monotonic())
+        if first:
+            log.warning("Triton server at %s failing: %s; retrying with backoff for up to %.0f s",
+                        url, _first_line(exc), self.retry_seconds)
+
+    def _note_recovery(self, url: str) -> None:
+        with self._url_lock:
+            began = self._outages.pop(url, None)
+        if began is not None:
+            log.warning("Triton server at %s answers again after %.1f s", url, time.monotonic() - began)
 
     def _pick_url(self) -> str:
         with self._url_lock:
@@ -124,8 +163,8 @@ class TritonBackend:
                 except Exception as exc:
                     raise BackendError(f"Triton server at {url}: {exc}") from exc
                 if not ready:
-                    raise BackendError(f"model {model} is not ready on the Triton server at {url}")
-                config = client.get_model_config(model, **({"as_json": True} if self.protocol == "grpc" else {}))
+                    raise BackendError(f"model {model} {self._model_state(client, model)} on the Triton server at {url}")
+                config = client.get_model_config(model, **self._as_json)
                 config = config.get("config", config)
                 parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
                 infos.append(ModelInfo(metadata=parameters, max_batch_size=int(config.get("max_batch_size", 0))))
@@ -133,6 +172,14 @@ class TritonBackend:
                 raise BackendError(f"model {model} differs between servers {', '.join(self.urls)}")
             self._info[model] = infos[0]
         return self._info[model]
+
+    def _model_state(self, client, model: str) -> str:
+        """Why a model is not ready, from the server's repository index."""
+        index = client.get_model_repository_index(**self._as_json)
+        for entry in index.get("models", []) if isinstance(index, dict) else index:
+            if entry.get("name") == model:
+                return f"is not ready ({entry.get('state', 'no state')}: {entry.get('reason') or 'no reason given'})"
+        return "is not in the model repository"
 
     # --- inference -----------------------------------------------------------------------
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -147,7 +194,7 @@ class TritonBackend:
     def _infer_chunk(self, model: str, chunk: dict[str, np.ndarray], outputs: list[str] | None, step: int):
         region = self._acquire_region(chunk, step) if self.shared_memory else None
         try:
-            return self._with_retry(f"inference on {model}", lambda url: self._send(url, model, chunk, outputs, region))
+            return self._with_retry(lambda url: self._send(url, model, chunk, outputs, region))
         finally:
             if region is not None:
                 region["pool"].put(region)
@@ -163,7 +210,6 @@ class TritonBackend:
             item = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             if region is not None:
                 self._shm.set_shared_memory_region(region["handle"], [array], offset=offset)
-                self._register(url, region)
                 item.set_shared_memory(region["name"], array.nbytes, offset=offset)
                 offset += array.nbytes
             else:
@@ -171,10 +217,14 @@ class TritonBackend:
             requests.append(item)
         wanted = [module.InferRequestedOutput(n) for n in outputs] if outputs else None
         try:
+            if region is not None:
+                self._register(url, region)
             kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {"timeout": int(self.timeout_s * 1e6)}
             result = self._client(url).infer(model, requests, outputs=wanted, **kwargs)
         except Exception as exc:
-            if _is_retryable(exc):
+            if region is not None:
+                self._forget_registrations(url)
+            if _is_transient(exc):
                 raise
             raise RequestError(f"{model} on {url} rejected the request: {str(exc).strip()}") from exc
         names = outputs or [o["name"] for o in self._output_names(url, model)]
@@ -185,7 +235,7 @@ class TritonBackend:
         return arrays
 
     def _output_names(self, url, model):
-        metadata = self._client(url).get_model_metadata(model, **({"as_json": True} if self.protocol == "grpc" else {}))
+        metadata = self._client(url).get_model_metadata(model, **self._as_json)
         return metadata["outputs"]
 
     # --- shared memory -------------------------------------------------------------------
@@ -209,9 +259,18 @@ class TritonBackend:
         return self._pools[size].get()
 
     def _register(self, url: str, region: dict) -> None:
+        """Register the region on `url` once; after a failure, replace whatever the server holds."""
         if url not in region["registered"]:
-            self._client(url).register_system_shared_memory(region["name"], region["key"], region["size"])
+            client = self._client(url)
+            client.unregister_system_shared_memory(region["name"])  # a no-op when the server has none
+            client.register_system_shared_memory(region["name"], region["key"], region["size"])
             region["registered"].add(url)
+
+    def _forget_registrations(self, url: str) -> None:
+        """After a failure `url` may be a restarted server that has forgotten our regions: register again."""
+        with self._url_lock:
+            for region in self._all_regions:
+                region["registered"].discard(url)
 
     def _release_regions(self) -> None:
         for region in self._all_regions:
@@ -227,11 +286,11 @@ class TritonBackend:
         """Triton's per-model statistics (queue, compute input/infer/output), from every server."""
         stats = []
         for url in self.urls:
-            kwargs = {"as_json": True} if self.protocol == "grpc" else {}
-            stats.append(self._client(url).get_inference_statistics(model_name=model, **kwargs))
+            stats.append(self._client(url).get_inference_statistics(model_name=model, **self._as_json))
         return stats
 
     def close(self) -> None:
+        self._closing.set()  # requests waiting to retry give up now
         self._pool.shutdown(wait=True)
         if self._all_regions:
             self._release_regions()

@@ -39,6 +39,8 @@ Urls = Annotated[Optional[list[str]], typer.Option(
     help="Triton server HOST:PORT (repeat to spread requests over several servers).")]
 Protocol = Annotated[str, typer.Option(help="Triton protocol: grpc or http.")]
 MaxInFlight = Annotated[int, typer.Option(help="Triton requests in flight at once.")]
+RetrySeconds = Annotated[float, typer.Option(
+    help="How long to retry a Triton server that is down, restarting or overloaded before the run stops.")]
 BnMode = Annotated[str, typer.Option(
     help="M-mode BatchNorm: 'seed' (per-window statistics, what the published tool ran) or 'running'.")]
 ServerEnv = Annotated[Path, typer.Option(envvar="ECHODEPLOY_SERVER_ENV",
@@ -160,6 +162,7 @@ def cmr(
     url: Urls = None,
     protocol: Protocol = "grpc",
     max_in_flight: MaxInFlight = 4,
+    retry_seconds: RetrySeconds = 60,
 ):
     """Predict CMR findings for every video of a manifest or folder."""
     from echodeploy.client.cmr import CmrOptions
@@ -174,12 +177,12 @@ def cmr(
         if view:
             parse_names("view", view, VIEWS, ())
         inputs = read_inputs(source, view, data_root, allow_outside_root)
-        _run_cmr(inputs, make_backend(backend, repository, url, protocol, max_in_flight), out, options)
+        _run_cmr(inputs, make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds), out, options)
     except EchodeployError as exc:
         _fail(str(exc))
 
 
-def make_backend(name: str, repository: Path, urls, protocol: str, max_in_flight: int):
+def make_backend(name: str, repository: Path, urls, protocol: str, max_in_flight: int, retry_seconds: float = 60):
     """The embedded ONNX Runtime backend, or a Triton client for the given servers."""
     if name == "onnxruntime":
         from echodeploy.client.backends import OnnxRuntimeBackend
@@ -190,7 +193,7 @@ def make_backend(name: str, repository: Path, urls, protocol: str, max_in_flight
             raise EchodeployError("--backend triton needs --url HOST:PORT (start one with `echodeploy serve`)")
         from echodeploy.client.triton_backend import TritonBackend
 
-        return TritonBackend(urls, protocol=protocol, max_in_flight=max_in_flight)
+        return TritonBackend(urls, protocol=protocol, max_in_flight=max_in_flight, retry_seconds=retry_seconds)
     raise EchodeployError(f"unknown backend {name!r}; known: onnxruntime, triton")
 
 
@@ -250,6 +253,7 @@ def mmode(
     url: Urls = None,
     protocol: Protocol = "grpc",
     max_in_flight: MaxInFlight = 4,
+    retry_seconds: RetrySeconds = 60,
 ):
     """LVID in diastole/systole, LV volume and heart rate from mouse M-mode DICOMs (good-quality beats)."""
     from echodeploy.client.mmode import MModeOptions, read_mmode_inputs, run_mmode
@@ -259,7 +263,7 @@ def mmode(
         options = MModeOptions(write=write, figures=figures, batch_size=batch_size, workers=workers,
                                max_bpm=max_bpm or DEFAULT_MAX_BPM, bn_mode=bn_mode)
         inputs = read_mmode_inputs(source, mass, mass_csv)
-        engine = make_backend(backend, repository, url, protocol, max_in_flight)
+        engine = make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds)
         try:
             counts = run_mmode(inputs, engine, out, options)
         except KeyboardInterrupt:

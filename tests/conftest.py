@@ -50,16 +50,37 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def triton(mmode_repository, tmp_path_factory, request):
+def server_env() -> Path:
+    """The tritonserver's own virtual environment (numpy 1.x), created once."""
+    from echodeploy.client.server import ensure_server_env
+
+    return ensure_server_env(Path(os.environ.get("ECHODEPLOY_SERVER_ENV", ROOT / ".venv-server")))
+
+
+@pytest.fixture(scope="session")
+def scar_repository(repository, tmp_path_factory) -> Path:
+    """A cpu-target Triton repository of its own (the A4C scar model, max batch 2, and its
+    ensemble) for servers that tests start, kill or reconfigure; the ONNX file is linked."""
+    from echodeploy.export.triton.repository import write_triton_repository
+    from echodeploy.repository import model_file
+
+    repo = tmp_path_factory.mktemp("scar_repository")
+    model_file(repo, "cmr_a4c_scar").parent.mkdir(parents=True)
+    model_file(repo, "cmr_a4c_scar").symlink_to(model_file(repository, "cmr_a4c_scar"))
+    write_triton_repository(repo, "cpu", max_batch_size=2)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton(mmode_repository, server_env, tmp_path_factory, request):
     """A real tritonserver on free loopback ports serving the cpu-target repository (CMR and M-mode)."""
     repository = mmode_repository
-    from echodeploy.client.server import TritonServer, ensure_server_env
+    from echodeploy.client.server import TritonServer
     from echodeploy.export.triton.repository import write_triton_repository
 
     write_triton_repository(repository, "cpu", max_batch_size=4)
-    env = ensure_server_env(Path(os.environ.get("ECHODEPLOY_SERVER_ENV", ROOT / ".venv-server")))
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    server = TritonServer(repository, env=env, log_path=log).start()
+    server = TritonServer(repository, env=server_env, log_path=log).start()
     yield server
     server.stop()
     if request.session.testsfailed:

@@ -89,7 +89,7 @@ def test_metadata_is_verified_on_connect(triton):
     assert info.untrained and info.max_batch_size == 4
     with pytest.raises(BackendError, match=r"task 'scar' \(expected 't1'\)"):
         check_model(cmr_model("A4C", "t1"), info)
-    with pytest.raises(BackendError, match="model cmr_plax_scar is not ready"):
+    with pytest.raises(BackendError, match="model cmr_plax_scar is not in the model repository"):
         backend.model_info("cmr_plax_scar")
     backend.close()
 
