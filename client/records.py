@@ -3,7 +3,7 @@
 Each finished row is one line, flushed and fsynced before the run moves on, so a kill
 at any moment loses at most the row being written (a torn last line is dropped on the
 next open). A rerun skips rows whose key and input fingerprint are already recorded;
-a changed input (size or mtime) is recomputed. A write that fails (disk full) stops the
+a changed input (size, mtime or ctime) is recomputed. A write that fails (disk full) stops the
 run with the path and the system's reason; rows already journaled stay.
 """
 
@@ -20,12 +20,16 @@ from echodeploy.errors import EchodeployError
 
 
 def fingerprint(path: Path | None) -> str:
-    """Cheap identity of an input file: size and modification time."""
+    """Cheap identity of an input file: size, modification time and status-change time.
+
+    The ctime catches a replacement with the same size and a restored mtime (`cp -p`,
+    `rsync -t`, `touch -r`): no tool can set it back.
+    """
     try:
         stat = Path(path).stat()
     except (OSError, TypeError, ValueError):
         return "missing"
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
 
 
 class Journal:
@@ -40,16 +44,18 @@ class Journal:
         if not self.path.exists():
             return
         with open(self.path, "rb") as f:
-            lines = f.read().split(b"\n")
+            data = f.read()
+        lines = [line for line in data.split(b"\n") if line]
         intact = []
         for line in lines:
             try:
                 record = json.loads(line)
             except ValueError:
                 continue  # torn line from a crash mid-write
-            self.records[record["key"]] = record
-            intact.append(line)
-        if len(intact) != len([line for line in lines if line]):
+            if isinstance(record, dict) and "key" in record:
+                self.records[record["key"]] = record
+                intact.append(line)
+        if len(intact) != len(lines) or not data.endswith(b"\n"):  # torn, foreign, or no final newline
             self._rewrite(intact)
 
     def _rewrite(self, lines: list[bytes]) -> None:

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pydicom
 from echodeploy.preprocessing.video import Cine, check_size, plausible_fps
+from pydicom.config import disable_value_validation
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_color_lut
 
@@ -59,10 +60,11 @@ def read_dataset(path: Path) -> pydicom.Dataset:
     a buffer of that length (up to 4 GiB) before it finds the file shorter.
     """
     check_size(Path(path).stat().st_size, "the file")
-    try:
-        ds = pydicom.dcmread(io.BytesIO(Path(path).read_bytes()))
-        for _ in (*ds.file_meta.iterall(), *ds.iterall()):
-            pass
+    try:  # no value validation: its warnings would print header values, patient identifiers included
+        with disable_value_validation():
+            ds = pydicom.dcmread(io.BytesIO(Path(path).read_bytes()))
+            for _ in (*ds.file_meta.iterall(), *ds.iterall()):
+                pass
     except PARSE_ERRORS as exc:
         raise InputError(f"not a readable DICOM file ({type(exc).__name__}: {exc})", "unreadable") from exc
     if "PixelData" not in ds:
