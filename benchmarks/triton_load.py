@@ -112,7 +112,9 @@ class MemorySampler(threading.Thread):
         self.join()
         self.samples.append(tree_rss_bytes(self.pid))
         mb = [s / 2**20 for s in self.samples]
-        return {"rss_start_mb": mb[0], "rss_peak_mb": max(mb), "rss_end_mb": mb[-1], "rss_samples": len(mb)}
+        quarters = [mb[round(q * (len(mb) - 1))] for q in (0.25, 0.5, 0.75)]
+        return {"rss_start_mb": mb[0], "rss_quarters_mb": quarters, "rss_peak_mb": max(mb), "rss_end_mb": mb[-1],
+                "rss_samples": len(mb)}
 
 
 def run_load(url: str, server_pid: int | None, args) -> dict:
@@ -150,8 +152,10 @@ def report(s: dict) -> str:
         f"outputs vs quiet run: max |diff| {s['max_diff_vs_quiet']:.2g} (tolerance {TOLERANCE:g})",
     ]
     if "rss_start_mb" in s:
-        lines.append(f"server RSS (tritonserver + stubs): start {s['rss_start_mb']:.0f} MB, peak "
-                     f"{s['rss_peak_mb']:.0f} MB, end {s['rss_end_mb']:.0f} MB ({s['rss_samples']} samples)")
+        quarters = " / ".join(f"{q:.0f}" for q in s["rss_quarters_mb"])
+        lines.append(f"server RSS (tritonserver + stubs): start {s['rss_start_mb']:.0f} MB, at 1/4, 1/2, 3/4 of the "
+                     f"load {quarters} MB, end {s['rss_end_mb']:.0f} MB, peak {s['rss_peak_mb']:.0f} MB "
+                     f"({s['rss_samples']} samples)")
     lines += [f"error: {e}" for e in s["error_examples"]]
     return "\n".join(lines)
 
