@@ -83,6 +83,12 @@ def export(
         help="Model families: 'cmr' (R(2+1)D-18 per view x task), 'mmode' (CardioNet + QuickNAT "
              "from cardionet.pt / quicknat.pt) or 'cmr,mmode'.")] = "cmr",
     bn_mode: BnMode = "seed",
+    precision: Annotated[str, typer.Option(
+        help="fp32; fp16 (GPU); int8 (static QDQ quantisation, CPUs with VNNI / TensorRT). "
+             "Reduced precisions print and store an agreement report against fp32.")] = "fp32",
+    calibration: Annotated[Optional[Path], typer.Option(
+        help="Videos / DICOMs (CMR) or M-mode DICOMs to calibrate int8 on and check agreement "
+             "(default: generated echo-like inputs).")] = None,
 ):
     """Export CMR (R(2+1)D-18) and M-mode models to ONNX, parity-checked against torch, with Triton configs."""
     try:
@@ -96,12 +102,16 @@ def export(
             from echodeploy.export.triton.tensorrt import require_tensorrt
 
             require_tensorrt()  # before anything is written
+        from echodeploy.export.precision import check_precision
+
+        check_precision(precision)
         chosen = parse_names("family", families, ("cmr", "mmode"), ("cmr",))
         if "cmr" in chosen:
             _export(repository, parse_names("view", views, VIEWS, VIEWS),
-                    parse_names("task", tasks, TASKS, PUBLISHED_TASKS), weights_dir, seed, force)
+                    parse_names("task", tasks, TASKS, PUBLISHED_TASKS), weights_dir, seed, force,
+                    precision, calibration)
         if "mmode" in chosen:
-            _export_mmode(repository, weights_dir, bn_mode, seed, force)
+            _export_mmode(repository, weights_dir, bn_mode, seed, force, precision, calibration)
         _write_triton(repository, target, max_batch_size, instances, tensorrt)
     except EchodeployError as exc:
         _fail(str(exc))
@@ -123,19 +133,27 @@ def _report(name: str, report, untrained: bool) -> None:
     diff = (", ".join(f"{k} {v:.3g}" for k, v in report.max_abs_diff.items()) if report else "already exported")
     flag = "  [UNTRAINED: seeded random weights]" if untrained else ""
     typer.echo(f"{name}: max |onnx - torch| {diff} ({where}){flag}")
+    if report and report.agreement:
+        from echodeploy.client.agreement import summary as agreement_summary
+
+        line = f"  {report.precision} vs fp32: {agreement_summary(report.agreement)}"
+        typer.secho(line, fg=None if report.agreement["passed"] else "red", bold=not report.agreement["passed"])
 
 
-def _export_mmode(repository: Path, weights_dir, bn_mode: str, seed: int, force: bool) -> None:
+def _export_mmode(repository: Path, weights_dir, bn_mode: str, seed: int, force: bool, precision: str,
+                  calibration: Path | None) -> None:
     from echodeploy.export.mmode import export_mmode_models
 
-    for spec, report, untrained in export_mmode_models(repository, weights_dir, bn_mode, seed, force):
+    for spec, report, untrained in export_mmode_models(repository, weights_dir, bn_mode, seed, force,
+                                                       precision, calibration):
         _report(spec.name, report, untrained)
 
 
-def _export(repository: Path, views, tasks, weights_dir, seed: int, force: bool) -> None:
+def _export(repository: Path, views, tasks, weights_dir, seed: int, force: bool, precision: str,
+            calibration: Path | None) -> None:
     from echodeploy.export.cmr import export_cmr_models
 
-    for result in export_cmr_models(repository, views, tasks, weights_dir, seed, force):
+    for result in export_cmr_models(repository, views, tasks, weights_dir, seed, force, precision, calibration):
         _report(result.spec.name, result.report, result.untrained)
 
 
@@ -347,3 +365,64 @@ def serve(
         typer.echo("stopped")
     except EchodeployError as exc:
         _fail(str(exc))
+
+
+def _numbers(option: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise EchodeployError(f"{option} takes positive integers separated by commas, got {text!r}")
+    return values
+
+
+@app.command()
+def bench(
+    models: Annotated[str, typer.Option(
+        help="Comma-separated models: cmr_<view>_<task> (e.g. cmr_a4c_scar), mmode_lvid, mmode_quality.")]
+        = "cmr_a4c_scar",
+    backends: Annotated[str, typer.Option(
+        help="Comma-separated: torch (the seeds' way: fp32 eager at their batch size), torch-bf16, "
+             "onnxruntime, onnxruntime-int8, onnxruntime-fp16 (GPU), triton.")]
+        = "torch,onnxruntime,onnxruntime-int8,torch-bf16",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated items per request.")] = "1,4",
+    concurrency: Annotated[str, typer.Option(help="Comma-separated numbers of concurrent clients.")] = "1,2",
+    duration: Annotated[Optional[float], typer.Option(help="Seconds per measurement window.")] = 5.0,
+    requests: Annotated[Optional[int], typer.Option(
+        help="Requests per measurement window (instead of --duration).")] = None,
+    modes: Annotated[str, typer.Option(
+        help="'model' (tensors in memory), 'e2e' (files -> results, decoding included) or both.")] = "model,e2e",
+    e2e_files: Annotated[int, typer.Option(help="Generated files per end-to-end run (without --data).")] = 8,
+    data: Annotated[Optional[Path], typer.Option(
+        help="Files for the end-to-end runs: a CMR manifest/folder (its view is the first model's), "
+             "or a folder of M-mode DICOMs.")] = None,
+    weights_dir: Annotated[Optional[Path], typer.Option(
+        help="Published checkpoints (default: seeded random weights with re-estimated BatchNorm).")] = None,
+    calibration: Annotated[Optional[Path], typer.Option(help="Files to calibrate int8 on.")] = None,
+    url: Urls = None,
+    server_env: ServerEnv = DEFAULT_SERVER_ENV,
+    stability: Annotated[float, typer.Option(help="Windows must agree within this fraction.")] = 0.10,
+    max_windows: Annotated[int, typer.Option(help="Give up on stability after this many windows.")] = 6,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("bench_output"),
+):
+    """Latency and throughput per backend, batch size and concurrency (like perf_analyzer), roofline
+    fractions, and reduced-precision agreement; writes bench.json, bench.md and plots."""
+    from echodeploy.client.bench import BACKENDS, BenchConfig, run_bench
+    from echodeploy.client.bench_report import console
+
+    try:
+        if requests is not None:
+            duration = None
+        config = BenchConfig(
+            models=tuple(m.strip().lower() for m in models.split(",") if m.strip()),
+            backends=parse_names("backend", backends, BACKENDS, ()),
+            batch_sizes=_numbers("--batch-sizes", batch_sizes), concurrency=_numbers("--concurrency", concurrency),
+            duration_s=duration, requests=requests, modes=parse_names("mode", modes, ("model", "e2e"), ()),
+            e2e_items=e2e_files, data=data, weights_dir=weights_dir, calibration=calibration, urls=url or [],
+            server_env=server_env, stability=stability, max_windows=max_windows)
+        result = run_bench(config, out, progress=lambda line: typer.echo(line, err=True))
+    except EchodeployError as exc:
+        _fail(str(exc))
+    typer.echo(console(result))
+    typer.echo(f"report: {out / 'bench.md'}, {out / 'bench.json'}, plots {out}/*.png")

@@ -81,6 +81,7 @@ class TensorSpec:
     name: str
     dtype: str  # numpy dtype name
     shape: tuple[int, ...]  # without the batch dimension
+    dynamic_dims: tuple[int, ...] = ()  # item dimensions the ONNX graph leaves free (configs use `shape`)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,10 +137,12 @@ def mmode_model(name: str, bn_mode: str = "seed") -> ModelSpec:
                          outputs=(TensorSpec(name="quality_prob", dtype="float32", shape=(1,)),),
                          flops_per_item=CARDIONET_FLOPS)
     if name == MMODE_LVID:
-        weights = TensorSpec(name="profile_weights", dtype="float32", shape=(2, MMODE_WINDOW))
+        # free rows: identity weights (256 rows) return the whole mask, for agreement checks
+        weights = TensorSpec(name="profile_weights", dtype="float32", shape=(2, MMODE_WINDOW), dynamic_dims=(0,))
         return ModelSpec(name=name, family="mmode", kind="segmentation", bn_mode=bn_mode,
                          inputs=(window, weights),
-                         outputs=(TensorSpec(name="lvid_profile", dtype="float32", shape=(2, MMODE_WINDOW)),),
+                         outputs=(TensorSpec(name="lvid_profile", dtype="float32", shape=(2, MMODE_WINDOW),
+                                             dynamic_dims=(0,)),),
                          flops_per_item=QUICKNAT_FLOPS)
     raise EchodeployError(f"unknown M-mode model {name!r}; known: {MMODE_QUALITY}, {MMODE_LVID}")
 
@@ -165,6 +168,17 @@ def cmr_model(view: str, task: str, clip: ClipSpec = ClipSpec()) -> ModelSpec:
         outputs=(TensorSpec(name=TASKS[task].output, dtype="float32", shape=(1,)),),
         flops_per_item=R2PLUS1D_FLOPS,
     )
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The spec of a served model name: cmr_<view>_<task>, mmode_quality or mmode_lvid."""
+    if name in (MMODE_QUALITY, MMODE_LVID):
+        return mmode_model(name)
+    family, view, task = (name.split("_", 2) + ["", ""])[:3]
+    if family != "cmr" or view.upper() not in VIEWS or task not in TASKS:
+        raise EchodeployError(f"unknown model {name!r}: expected cmr_<view>_<task> "
+                              f"(e.g. cmr_a4c_scar), {MMODE_QUALITY} or {MMODE_LVID}")
+    return cmr_model(view.upper(), task)
 
 
 def view_ensemble_name(view: str) -> str:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 from echodeploy.export.checkpoints import load_strict, read_checkpoint, sha256, strip_prefix
-from echodeploy.export.onnx_export import ExportReport, ServedClipModel, export_onnx, read_metadata
+from echodeploy.export.calibration import calibration_feeds, reestimate_batchnorm
+from echodeploy.export.onnx_export import ExportReport, ServedClipModel, is_current
+from echodeploy.export.precision import export_at_precision
 from echodeploy.export.r2plus1d import R2Plus1D18
 
 from echodeploy.errors import CheckpointError
@@ -50,10 +52,22 @@ def load_cmr_network(path: Path) -> R2Plus1D18:
     return load_strict(R2Plus1D18(num_classes=1), state, source=str(path)).eval()
 
 
+BATCHNORM_CLIPS = 8
+
+
 def seeded_network(spec: ModelSpec, seed: int) -> R2Plus1D18:
-    """Untrained network with reproducible random weights (distinct per model name)."""
+    """Untrained network with reproducible random weights (distinct per model name), its
+    BatchNorm statistics estimated on generated echo clips so that outputs follow the input."""
     torch.manual_seed(seed + zlib.crc32(spec.name.encode()))
-    return R2Plus1D18(num_classes=1).eval()
+    net = R2Plus1D18(num_classes=1)
+    reestimate_batchnorm(ServedClipModel(net, spec.kind), calibration_feeds(spec, BATCHNORM_CLIPS, seed=seed))
+    return net
+
+
+def cmr_network(spec: ModelSpec, checkpoint: Path | None, seed: int = 0) -> ServedClipModel:
+    """The served module (uint8 clip in) with published weights, or seeded ones without a checkpoint."""
+    net = load_cmr_network(checkpoint) if checkpoint else seeded_network(spec, seed)
+    return ServedClipModel(net, spec.kind).eval()
 
 
 @dataclass(frozen=True)
@@ -70,11 +84,14 @@ def export_cmr_models(
     weights_dir: Path | None = None,
     seed: int = 0,
     force: bool = False,
+    precision: str = "fp32",
+    calibration: Path | None = None,
 ) -> list[CmrExport]:
     """Export each requested view x task: real weights when found, else seeded random ones.
 
     With a weights directory, a missing checkpoint is an error; without one, every model
-    is untrained and its metadata says so.
+    is untrained and its metadata says so. `precision` other than fp32 converts the
+    parity-checked fp32 export (see `export.precision`).
     """
     checkpoints = find_checkpoints(weights_dir) if weights_dir is not None else {}
     results = []
@@ -93,12 +110,12 @@ def export_cmr_models(
                 "echodeploy.random_seed": "" if ckpt else str(seed),
                 "echodeploy.untrained": "false" if ckpt else "true",
                 "echodeploy.exporter": f"torch-{torch.__version__}",
+                "echodeploy.precision": precision,
             }
             path = model_file(repository, spec.name)
-            if not force and path.exists() and read_metadata(path) == metadata:
+            if not force and is_current(path, metadata):
                 results.append(CmrExport(spec=spec, report=None, untrained=ckpt is None))
                 continue
-            net = load_cmr_network(ckpt) if ckpt else seeded_network(spec, seed)
-            report = export_onnx(ServedClipModel(net, spec.kind), spec, path, metadata)
+            report = export_at_precision(cmr_network(spec, ckpt, seed), spec, path, metadata, precision, calibration)
             results.append(CmrExport(spec=spec, report=report, untrained=ckpt is None))
     return results

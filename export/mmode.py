@@ -16,7 +16,9 @@ import onnxruntime as ort
 import torch
 from echodeploy.export.cardionet import CardioNet
 from echodeploy.export.checkpoints import load_strict, read_checkpoint, sha256
-from echodeploy.export.onnx_export import ExportReport, export_onnx, read_metadata
+from echodeploy.export.calibration import calibration_feeds, reestimate_batchnorm
+from echodeploy.export.onnx_export import ExportReport, is_current
+from echodeploy.export.precision import export_at_precision
 from echodeploy.export.quicknat import QuickNAT
 from torch import Tensor, nn
 
@@ -53,8 +55,9 @@ class ServedLvidProfile(nn.Module):
         self.net = net
 
     def forward(self, window: Tensor, profile_weights: Tensor) -> Tensor:
-        mask = (self.net(window) > 0).to(window.dtype).squeeze(1)
-        return torch.bmm(profile_weights, mask)
+        mask = (self.net(window) > 0).to(profile_weights.dtype).squeeze(1)
+        with torch.autocast(window.device.type, enabled=False):  # row sums stay exact under bf16 autocast
+            return torch.bmm(profile_weights, mask)
 
 
 def load_cardionet(path: Path, bn_mode: str) -> CardioNet:
@@ -71,10 +74,29 @@ def load_quicknat(path: Path, bn_mode: str) -> QuickNAT:
     return load_strict(QuickNAT(bn_mode), checkpoint["net_state_dict"], source=str(path)).eval()
 
 
+BATCHNORM_WINDOWS = 8
+
+
+def _served(spec: ModelSpec, net: nn.Module) -> nn.Module:
+    return (ServedQuality(net) if spec.name == MMODE_QUALITY else ServedLvidProfile(net)).eval()
+
+
 def seeded_mmode_network(spec: ModelSpec, seed: int) -> nn.Module:
+    """Untrained network with reproducible random weights; in bn_mode 'running' its BatchNorm
+    statistics are estimated on generated windows ('seed' mode normalises each window itself)."""
     torch.manual_seed(seed + zlib.crc32(spec.name.encode()))
     net = CardioNet(spec.bn_mode) if spec.name == MMODE_QUALITY else QuickNAT(spec.bn_mode)
+    if spec.bn_mode == "running":
+        reestimate_batchnorm(_served(spec, net), calibration_feeds(spec, BATCHNORM_WINDOWS, seed=seed))
     return net.eval()
+
+
+def mmode_network(spec: ModelSpec, checkpoint: Path | None, seed: int = 0) -> nn.Module:
+    """The served module of `spec` with published weights, or seeded ones without a checkpoint."""
+    if checkpoint is None:
+        return _served(spec, seeded_mmode_network(spec, seed))
+    load = load_cardionet if spec.name == MMODE_QUALITY else load_quicknat
+    return _served(spec, load(checkpoint, spec.bn_mode))
 
 
 def check_segmentation(net: QuickNAT, spec: ModelSpec) -> float:
@@ -102,8 +124,12 @@ def check_segmentation(net: QuickNAT, spec: ModelSpec) -> float:
 
 
 def export_mmode_models(repository: Path, weights_dir: Path | None = None, bn_mode: str = "seed",
-                        seed: int = 0, force: bool = False) -> list[tuple[ModelSpec, ExportReport | None, bool]]:
-    """Export both M-mode models: checkpoints from `weights_dir` (cardionet.pt, quicknat.pt) or seeded weights."""
+                        seed: int = 0, force: bool = False, precision: str = "fp32",
+                        calibration: Path | None = None) -> list[tuple[ModelSpec, ExportReport | None, bool]]:
+    """Export both M-mode models: checkpoints from `weights_dir` (cardionet.pt, quicknat.pt) or seeded weights.
+
+    `precision` other than fp32 converts the parity-checked fp32 export (see `export.precision`).
+    """
     results = []
     for name, filename in ((MMODE_QUALITY, QUALITY_CHECKPOINT), (MMODE_LVID, SEGMENTATION_CHECKPOINT)):
         spec = mmode_model(name, bn_mode)
@@ -116,19 +142,20 @@ def export_mmode_models(repository: Path, weights_dir: Path | None = None, bn_mo
             "echodeploy.random_seed": "" if checkpoint else str(seed),
             "echodeploy.untrained": "false" if checkpoint else "true",
             "echodeploy.exporter": f"torch-{torch.__version__}",
+            "echodeploy.precision": precision,
         }
         path = model_file(repository, name)
-        if not force and path.exists() and read_metadata(path) == metadata:
+        if not force and is_current(path, metadata):
             results.append((spec, None, checkpoint is None))
             continue
+        module = mmode_network(spec, checkpoint, seed)
         if name == MMODE_QUALITY:
-            net = load_cardionet(checkpoint, bn_mode) if checkpoint else seeded_mmode_network(spec, seed)
-            report = export_onnx(ServedQuality(net), spec, path, metadata, atol=1e-4)
+            report = export_at_precision(module, spec, path, metadata, precision, calibration, atol=1e-4)
         else:
-            net = load_quicknat(checkpoint, bn_mode) if checkpoint else seeded_mmode_network(spec, seed)
-            agreement = check_segmentation(net, spec)
+            agreement = check_segmentation(module.net, spec)
             # the profile sums many thresholded pixels: allow the 0.1% of pixels that may flip
-            report = export_onnx(ServedLvidProfile(net), spec, path, metadata, atol=(1 - MASK_AGREEMENT) * 256 * 256)
+            report = export_at_precision(module, spec, path, metadata, precision, calibration,
+                                         atol=(1 - MASK_AGREEMENT) * 256 * 256)
             report.max_abs_diff["mask_agreement"] = agreement
         results.append((spec, report, checkpoint is None))
     return results

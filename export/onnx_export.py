@@ -41,6 +41,8 @@ class ServedClipModel(nn.Module):
 class ExportReport:
     path: Path
     max_abs_diff: dict[str, float]
+    precision: str = "fp32"
+    agreement: dict | None = None  # reduced precision vs fp32 (see export.precision)
 
 
 def _sample_inputs(spec: ModelSpec, batch: int, seed: int) -> dict[str, np.ndarray]:
@@ -103,14 +105,15 @@ def export_onnx(module: nn.Module, spec: ModelSpec, path: Path, metadata: dict[s
     tmp = path.with_suffix(".onnx.tmp")
     module = module.eval()
     example = tuple(torch.from_numpy(v) for v in _sample_inputs(spec, 1, seed=0).values())
-    names = [t.name for t in (*spec.inputs, *spec.outputs)]
+    dynamic_axes = {t.name: {0: "batch", **{d + 1: f"{t.name}_{d}" for d in t.dynamic_dims}}
+                    for t in (*spec.inputs, *spec.outputs)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module, example, str(tmp),
             input_names=[t.name for t in spec.inputs],
             output_names=[t.name for t in spec.outputs],
-            dynamic_axes={n: {0: "batch"} for n in names},
+            dynamic_axes=dynamic_axes,
             opset_version=OPSET,
             dynamo=False,
         )
@@ -130,3 +133,12 @@ def read_metadata(path: Path) -> dict[str, str]:
     """Metadata of an exported file, without loading its weights."""
     model = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
+
+
+def is_current(path: Path, metadata: dict[str, str]) -> bool:
+    """An export at `path` made from the same weights and settings (its agreement report aside)."""
+    if not path.exists():
+        return False
+    found = read_metadata(path)
+    found.pop("echodeploy.agreement", None)
+    return found == metadata
