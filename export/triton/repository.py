@@ -72,7 +72,7 @@ def model_config(spec: ModelSpec, metadata: dict[str, str], target: Target, max_
         return ",".join(f"{t.name}:{batch}x{'x'.join(map(str, t.shape))}" for t in spec.inputs)
 
     trt = {
-        "precision_mode": "FP16",
+        "precision_mode": "INT8" if metadata.get("echodeploy.precision") == "int8" else "FP16",  # QDQ: explicit
         "max_workspace_size_bytes": str(8 << 30),
         "trt_engine_cache_enable": "1",
         "trt_engine_cache_path": f"{TRT_CACHE}/{spec.name}",
