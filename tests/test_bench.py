@@ -119,3 +119,17 @@ def test_bench_tiny_configuration(tmp_path, triton):
     for plot in ("throughput.png", "p99.png", "latency.png"):
         assert (out / plot).stat().st_size > 1000
     assert "torch-bf16 vs fp32" in result.stdout
+
+
+def test_fp16_variant_of_the_quality_model(tmp_path):
+    """fp16 weights, fp32 inputs and outputs kept, agreement measured against fp32 and passing."""
+    from echodeploy.export.precision import export_at_precision
+
+    spec = mmode_model("mmode_quality")
+    path = model_file(tmp_path, spec.name)
+    report = export_at_precision(mmode_network(spec, None, 0), spec, path, spec.metadata(), "fp16", atol=1e-4)
+    assert report.precision == "fp16" and report.agreement["passed"], report.agreement
+    assert report.agreement["max_abs_diff"] > 0  # it did change the arithmetic
+    model = onnx.load(str(path))
+    assert {t.data_type for t in model.graph.initializer} >= {onnx.TensorProto.FLOAT16}
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
