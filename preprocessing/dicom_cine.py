@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pydicom
 from echodeploy.preprocessing.video import Cine, check_size, plausible_fps
-from pydicom.config import disable_value_validation
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.sequence import Sequence
 from pydicom.pixels import apply_color_lut
 
 from echodeploy.errors import InputError
@@ -26,6 +26,9 @@ REGION_2D = 1  # RegionSpatialFormat of a 2D (B-mode) region
 MOTION_THRESHOLD = 2.0  # grey levels of temporal std that count as "moving"
 LIT_THRESHOLD = 3  # grey level above which a pixel carries signal
 MIN_SECTOR_FRACTION = 0.05  # a sector smaller than this part of the image is not trusted
+# the header elements the readers use (pixel module, timing; regions are converted item by item)
+USED_KEYWORDS = ("NumberOfFrames", "Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored",
+                 "PhotometricInterpretation", "FrameTime", "CineRate", "RecommendedDisplayFrameRate")
 # what pydicom raises on malformed files (lengths, VRs, values, truncation)
 PARSE_ERRORS = (InvalidDicomError, BytesLengthException, EOFError, OSError, ValueError, TypeError, KeyError,
                 IndexError, OverflowError, NotImplementedError, struct.error)
@@ -54,16 +57,23 @@ def read_dicom_cine(path: Path) -> Cine:
 
 
 def read_dataset(path: Path) -> pydicom.Dataset:
-    """Parse a DICOM file completely, so that a malformed element fails here and not on first use.
+    """Parse a DICOM file and the header elements the readers use, so a malformed one fails here.
 
-    The file is parsed from memory: a corrupt length field then cannot make the parser reserve
-    a buffer of that length (up to 4 GiB) before it finds the file shorter.
+    No other element is ever converted: a malformed or identifying one (a patient's name, a
+    free-text weight) neither fails the read nor reaches a message. The file is parsed from
+    memory: a corrupt length field then cannot make the parser reserve a buffer of that
+    length (up to 4 GiB) before it finds the file shorter.
     """
     check_size(Path(path).stat().st_size, "the file")
-    try:  # no value validation: its warnings would print header values, patient identifiers included
-        with disable_value_validation():
-            ds = pydicom.dcmread(io.BytesIO(Path(path).read_bytes()))
-            for _ in (*ds.file_meta.iterall(), *ds.iterall()):
+    try:
+        ds = pydicom.dcmread(io.BytesIO(Path(path).read_bytes()))
+        ds.file_meta.get("TransferSyntaxUID")
+        for keyword in USED_KEYWORDS:
+            ds.get(keyword)
+        if not isinstance(ds.get("SequenceOfUltrasoundRegions", Sequence()), Sequence):
+            del ds.SequenceOfUltrasoundRegions  # a corrupt VR: treated as no regions
+        for region in ds.get("SequenceOfUltrasoundRegions", []):
+            for _ in region:
                 pass
     except PARSE_ERRORS as exc:
         raise InputError(f"not a readable DICOM file ({type(exc).__name__}: {exc})", "unreadable") from exc

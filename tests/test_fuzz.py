@@ -129,11 +129,12 @@ def mutate_bytes(data: bytes, mutations: list[tuple]) -> bytes:
     return bytes(data)
 
 
-SIZES = st.one_of(st.integers(0, 300), st.sampled_from([65535, 2**31 - 1, 2**32 - 1]))
+SHORTS = st.one_of(st.integers(0, 300), st.just(65535))  # US fields
+SIZES = st.one_of(SHORTS, st.sampled_from([2**31 - 1, 2**32 - 1]))  # UL fields
 NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -1.0, 1e-320, 1e300]))
 TEXT = st.text(max_size=20)
 HEADER_FIELDS = {
-    "Rows": SIZES, "Columns": SIZES,
+    "Rows": SHORTS, "Columns": SHORTS,
     "NumberOfFrames": st.one_of(st.integers(-3, 10**12).map(str), TEXT, st.sampled_from(["1e9", "NaN", ""])),
     "BitsAllocated": st.sampled_from([0, 1, 7, 8, 12, 16, 32, 64, 255]),
     "BitsStored": st.sampled_from([0, 1, 7, 8, 12, 16, 32, 64, 255]),
@@ -272,12 +273,12 @@ def manifests(draw) -> bytes:
     separator = draw(st.sampled_from([",", ";", "\t"]))
     text = "\n".join(separator.join(row) for row in [header, *rows])
     encoded = text.encode(draw(st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "latin-1"])), errors="replace")
-    if draw(st.booleans()):
+    if draw(st.integers(0, 3)) == 0:
         encoded = mutate_bytes(encoded, draw(byte_mutations(max(len(encoded), 1))))
     return encoded
 
 
-@given(content=manifests(), view=st.sampled_from([None, "A4C"]))
+@given(content=manifests(), view=st.sampled_from([None, "A4C", "A4C"]))
 def test_manifest_fuzz(seeds, tmp_path_factory, content, view):
     path = tmp_path_factory.getbasetemp() / "fuzz_manifest.csv"
     path.write_bytes(content)

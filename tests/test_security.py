@@ -78,14 +78,15 @@ def test_no_patient_identifiers_in_any_output(mmode_repository, tmp_path):
     cine = tmp_path / "cine"
     write_dicom_cine(cine / "study1" / "echo.dcm", synthetic_echo(34, height=64, width=80), encoding="rle",
                      patient=IDENTIFIERS)
-    # a malformed identifier: a validating reader would print it in a warning
-    write_dicom_cine(cine / "study1" / "bad_date.dcm", synthetic_echo(34, height=64, width=80),
-                     patient={**IDENTIFIERS, "PatientBirthDate": "not-a-date-SECRET"})
+    # malformed values: converting them would fail the read and print them in the reason
+    malformed = write_dicom_cine(cine / "study1" / "malformed.dcm", synthetic_echo(34, height=64, width=80),
+                                 patient={**IDENTIFIERS, "PatientWeight": "1234567890123456"})
+    malformed.write_bytes(malformed.read_bytes().replace(b"1234567890123456", b"heavy-SECRET-kg!"))  # not a DS
     result = run_cli("--verbose", "cmr", str(cine), "--out", str(tmp_path / "cmr_out"), "--view", "A4C", "--tasks", "scar",
                      "--workers", "0", "--repository", str(mmode_repository))
-    assert result.returncode == 0, result.stderr
-    assert _leaks(result.stdout + result.stderr) == [] and "not-a-date" not in result.stderr
-    assert _leaks(_all_output(tmp_path / "cmr_out")) == []
+    assert result.returncode == 0, result.stderr  # both files read: identifying elements are never parsed
+    assert _leaks(result.stdout + result.stderr) == [] and "-SECRET" not in result.stderr
+    assert _leaks(_all_output(tmp_path / "cmr_out")) == [] and "-SECRET" not in _all_output(tmp_path / "cmr_out")
 
     mmode = tmp_path / "mmode"
     write_mmode_dicom(mmode / "mouse.dcm", synthetic_mmode(length=900, height=120)[0], frame_width=240,
