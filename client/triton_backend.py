@@ -117,7 +117,7 @@ class TritonBackend:
                 self._drop_client(url)
                 if time.monotonic() + delay > deadline or self._closing.is_set():
                     raise BackendError(
-                        f"Triton server at {url} still failing after {self.retry_seconds:.0f} s of retries "
+                        f"Triton server at {url} still failing after {self.retry_seconds:g} s of retries "
                         f"(--retry-seconds): {_first_line(exc)}; finished rows are kept, rerun to resume") from exc
                 self._note_outage(url, exc)
                 self._closing.wait(delay)
@@ -132,7 +132,7 @@ class TritonBackend:
             first = url not in self._outages
             self._outages.setdefault(url, time.monotonic())
         if first:
-            log.warning("Triton server at %s failing: %s; retrying with backoff for up to %.0f s",
+            log.warning("Triton server at %s failing: %s; retrying with backoff for up to %g s",
                         url, _first_line(exc), self.retry_seconds)
 
     def _note_recovery(self, url: str) -> None:
