@@ -77,21 +77,30 @@ def _folder_rows(folder: Path) -> pd.DataFrame:
     })
 
 
-def _read_manifest(path: Path) -> pd.DataFrame:
-    """UTF-8 (with or without BOM) or UTF-16 with BOM (Excel's 'Unicode text') CSV."""
-    raw = path.read_bytes()
+def read_table(path: Path, dtype: dict | None = None) -> pd.DataFrame:
+    """A user's CSV: UTF-8 (with or without BOM) or UTF-16 with BOM (Excel's 'Unicode text'),
+    with at least one row; anything else is one readable `EchodeployError`."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise EchodeployError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     encoding = "utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
         raise EchodeployError(f"{path}: not {encoding.removesuffix('-sig').upper()} text ({exc.reason} at byte "
-                              f"{exc.start}); save the manifest as 'CSV UTF-8'") from exc
+                              f"{exc.start}); save it as 'CSV UTF-8'") from exc
     try:
-        rows = pd.read_csv(io.StringIO(text), dtype={STUDY: str, VIDEO: str}, keep_default_na=True)
+        rows = pd.read_csv(io.StringIO(text), dtype=dtype, keep_default_na=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise EchodeployError(f"{path}: not a readable CSV manifest ({' '.join(str(exc).split())})") from exc
+        raise EchodeployError(f"{path}: not a readable CSV ({' '.join(str(exc).split())})") from exc
     if rows.empty:
-        raise EchodeployError(f"{path}: the manifest has a header but no rows")
+        raise EchodeployError(f"{path}: the CSV has a header but no rows")
+    return rows
+
+
+def _read_manifest(path: Path) -> pd.DataFrame:
+    rows = read_table(path, {STUDY: str, VIDEO: str})
     if not any(c in rows.columns for c in (VIDEO, *PATH_COLUMNS)):
         raise EchodeployError(
             f"{path}: manifest needs a {VIDEO} or a file column ({', '.join(PATH_COLUMNS)}); "

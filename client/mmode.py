@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from echodeploy.client.backends import Backend, check_model
 from echodeploy.client.batching import Batcher, decode_executor, guarded_read, ordered_results
+from echodeploy.client.inputs import read_table
 from echodeploy.client.mmode_features import DEFAULT_MAX_BPM, beat_stats, beat_table, good_columns
 from echodeploy.client.records import Journal, fingerprint, write_csv_atomic
 from echodeploy.preprocessing.clips import is_dicom
@@ -67,7 +68,7 @@ def read_mmode_inputs(source: Path, mass_g: float | None = None, mass_csv: Path 
     if (mass_g is None) == (mass_csv is None):
         raise EchodeployError("give the body mass: --mass GRAMS (all files) or --mass-csv FILE (file,mass_g)")
     if mass_csv is not None:
-        table = pd.read_csv(mass_csv)
+        table = read_table(mass_csv)
         if not {"file", "mass_g"} <= set(table.columns):
             raise EchodeployError(f"{mass_csv}: needs columns file,mass_g; found {', '.join(table.columns)}")
         lookup = {}

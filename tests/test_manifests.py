@@ -65,13 +65,26 @@ def test_outside_root_opt_in_and_utf16_manifest(data, repository, tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    (b"", "not a readable CSV manifest"),
+    (b"", "not a readable CSV"),
     (b"Study_Unique_ID,Video_Unique_ID,TARGET\n", "header but no rows"),
     (b"Study,Video,Label\nS1,a,1\n", "manifest needs a Video_Unique_ID or a file column"),
-    ("Video_Unique_ID\nvidéo\n".encode("latin-1"), "save the manifest as 'CSV UTF-8'"),
+    ("Video_Unique_ID\nvidéo\n".encode("latin-1"), "save it as 'CSV UTF-8'"),
 ])
-def test_unusable_manifests_stop_with_one_clear_line(repository, tmp_path, content, message):
+def test_unusable_manifests_stop_with_one_clear_line(tmp_path, content, message):
     (tmp_path / "m.csv").write_bytes(content)
-    result = cmr(tmp_path / "m.csv", tmp_path / "out", repository)
+    result = cmr(tmp_path / "m.csv", tmp_path / "out", tmp_path)  # refused before any model is needed
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not os.path.exists(tmp_path / "out" / "predictions.csv")
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"file,mass_g\n", "header but no rows"),
+    ("file,mass_g\nsouris_é,20\n".encode("latin-1"), "save it as 'CSV UTF-8'"),
+])
+def test_unusable_mass_csv_stops_with_one_clear_line(tmp_path, content, message):
+    (tmp_path / "mass.csv").write_bytes(content)
+    (tmp_path / "m.dcm").write_bytes(b"\0" * 200)
+    result = run_cli("mmode", str(tmp_path / "m.dcm"), "--mass-csv", str(tmp_path / "mass.csv"),
+                     "--out", str(tmp_path / "out"), "--repository", str(tmp_path))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
