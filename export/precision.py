@@ -83,8 +83,8 @@ def comparable_feeds(spec: ModelSpec, feeds: list[Feed]) -> list[Feed]:
     """The segmentation model returns the whole mask when its profile weights are the identity."""
     if spec.name != MMODE_LVID:
         return feeds
-    identity = np.eye(spec.inputs[0].shape[-1], dtype=np.float32)[None]
-    return [{**feed, "profile_weights": identity} for feed in feeds]
+    identity = np.eye(spec.inputs[0].shape[-1], dtype=np.float32)
+    return [{**feed, "profile_weights": np.repeat(identity[None], len(feed["window"]), axis=0)} for feed in feeds]
 
 
 def comparable_output(spec: ModelSpec, output: np.ndarray) -> np.ndarray:
