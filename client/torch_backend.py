@@ -7,6 +7,8 @@ processor has bfloat16 matrix instructions (AVX512-BF16, AMX).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from echodeploy.client.backends import ModelInfo
@@ -32,8 +34,8 @@ class TorchBackend:
         self._modules = {}
         for name, (spec, module) in modules.items():
             module = module.eval()
-            if precision == "bf16":
-                module = module.to(memory_format=_channels_last(len(spec.inputs[0].shape) + 1))
+            if precision == "bf16":  # a copy: `to` converts in place, and callers may share modules
+                module = copy.deepcopy(module).to(memory_format=_channels_last(len(spec.inputs[0].shape) + 1))
             self._modules[name] = (spec, module)
 
     def _get(self, model: str) -> tuple[ModelSpec, nn.Module]:
