@@ -76,6 +76,12 @@ def _wait_for_rows(out: Path, rows: int, process: subprocess.Popen, timeout: flo
     raise AssertionError(f"the run did not reach {rows} rows (exit {process.poll()}): {process.communicate()}")
 
 
+def _shared_memory_regions(pid: int) -> set[Path]:
+    """The client's shared-memory regions in /dev/shm (loopback gRPC sends clips through them)."""
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {Path(line.split()[-1]) for line in maps if "/dev/shm/echodeploy_" in line}
+
+
 def _every_row_once(out: Path, manifest: Path) -> pd.DataFrame:
     """predictions.csv holds every input row once, in order, all ok; the journal each row once."""
     keys = [record["key"] for record in _journal(out)]
@@ -122,8 +128,11 @@ def test_server_killed_mid_run_then_client_killed_mid_run(scar_repository, serve
         args = _cmr_args(manifest, resumed, server.grpc_url, "--workers", "1")
         client = _start_cli(*args)
         _wait_for_rows(resumed, 2, client)
+        regions = _shared_memory_regions(client.pid)
         os.killpg(client.pid, signal.SIGKILL)
         client.communicate()
+        for region in regions:  # a SIGKILLed client cannot free them; the server's mappings outlive the names
+            region.unlink()
         done = len(_journal(resumed))
         assert done < VIDEOS, "the kill should land mid-run"
         result = run_cli(*args)
