@@ -74,7 +74,7 @@ def agreement_table(result: dict) -> list[str]:
         return []
     lines = ["| model | variant vs fp32 | compared | agreement |", "|---|---|---|---|"]
     for row in result["agreement"]:
-        text = _agreement_text(row)
+        text = _agreement_text(row).replace("|", "\\|")  # a table cell
         if row.get("passed") is False:
             text = f"**{text}**"
         lines.append(f"| {row['model']} | {row['backend']} | {row['level']} | {text} |")
@@ -88,8 +88,8 @@ def markdown(result: dict) -> str:
         f"Machine: {m['cpu']}, {m['threads']} threads; torch {m['torch']}, onnxruntime {m['onnxruntime']}. "
         f"Peaks measured in this run: fp32 matmul {peaks['fp32_matmul_gflops']:.0f} GFLOP/s, "
         f"bf16 matmul {peaks['bf16_matmul_gflops']:.0f} GFLOP/s. Roofline = model FLOPs per item x "
-        "items/s / the matmul peak of the backend's arithmetic (bf16 for torch-bf16, fp32 otherwise, "
-        "int8 included: its fraction can pass 100%).",
+        "items/s / the matmul peak of the backend's arithmetic (torch or ONNX Runtime, the faster; "
+        "bf16 for torch-bf16, fp32 otherwise, int8 included: its fraction can pass 100%).",
     ]
     if result["untrained"]:
         parts.append("Weights: seeded random (BatchNorm statistics re-estimated on echo-like inputs); "
