@@ -140,8 +140,8 @@ def _report(name: str, report, untrained: bool) -> None:
         typer.secho(line, fg=None if report.agreement["passed"] else "red", bold=not report.agreement["passed"])
 
 
-def _export_mmode(repository: Path, weights_dir, bn_mode: str, seed: int, force: bool, precision: str,
-                  calibration: Path | None) -> None:
+def _export_mmode(repository: Path, weights_dir, bn_mode: str, seed: int, force: bool, precision: str = "fp32",
+                  calibration: Path | None = None) -> None:
     from echodeploy.export.mmode import export_mmode_models
 
     for spec, report, untrained in export_mmode_models(repository, weights_dir, bn_mode, seed, force,
@@ -149,8 +149,8 @@ def _export_mmode(repository: Path, weights_dir, bn_mode: str, seed: int, force:
         _report(spec.name, report, untrained)
 
 
-def _export(repository: Path, views, tasks, weights_dir, seed: int, force: bool, precision: str,
-            calibration: Path | None) -> None:
+def _export(repository: Path, views, tasks, weights_dir, seed: int, force: bool, precision: str = "fp32",
+            calibration: Path | None = None) -> None:
     from echodeploy.export.cmr import export_cmr_models
 
     for result in export_cmr_models(repository, views, tasks, weights_dir, seed, force, precision, calibration):

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from echodeploy.export.checkpoints import load_strict, read_checkpoint, sha256, strip_prefix
+from echodeploy.export.checkpoints import load_strict, read_checkpoint, strip_prefix
 from echodeploy.export.calibration import calibration_feeds, reestimate_batchnorm
-from echodeploy.export.onnx_export import ExportReport, ServedClipModel, is_current
+from echodeploy.export.onnx_export import ExportReport, ServedClipModel, export_metadata, is_current
 from echodeploy.export.precision import export_at_precision
 from echodeploy.export.r2plus1d import R2Plus1D18
 
@@ -104,14 +104,7 @@ def export_cmr_models(
                     f"no checkpoint for {view} {task} in {weights_dir} "
                     f"(expected {view}_{TASKS[task].checkpoint_stem}.pt)"
                 )
-            metadata = {
-                **spec.metadata(),
-                "echodeploy.checkpoint_sha256": sha256(ckpt) if ckpt else "",
-                "echodeploy.random_seed": "" if ckpt else str(seed),
-                "echodeploy.untrained": "false" if ckpt else "true",
-                "echodeploy.exporter": f"torch-{torch.__version__}",
-                "echodeploy.precision": precision,
-            }
+            metadata = export_metadata(spec, ckpt, seed, precision)
             path = model_file(repository, spec.name)
             if not force and is_current(path, metadata):
                 results.append(CmrExport(spec=spec, report=None, untrained=ckpt is None))

@@ -15,9 +15,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from echodeploy.export.cardionet import CardioNet
-from echodeploy.export.checkpoints import load_strict, read_checkpoint, sha256
+from echodeploy.export.checkpoints import load_strict, read_checkpoint
 from echodeploy.export.calibration import calibration_feeds, reestimate_batchnorm
-from echodeploy.export.onnx_export import ExportReport, is_current
+from echodeploy.export.onnx_export import ExportReport, export_metadata, is_current
 from echodeploy.export.precision import export_at_precision
 from echodeploy.export.quicknat import QuickNAT
 from torch import Tensor, nn
@@ -136,14 +136,7 @@ def export_mmode_models(repository: Path, weights_dir: Path | None = None, bn_mo
         checkpoint = Path(weights_dir) / filename if weights_dir is not None else None
         if checkpoint is not None and not checkpoint.is_file():
             raise CheckpointError(f"no {filename} in {weights_dir} (needed for {name})")
-        metadata = {
-            **spec.metadata(),
-            "echodeploy.checkpoint_sha256": sha256(checkpoint) if checkpoint else "",
-            "echodeploy.random_seed": "" if checkpoint else str(seed),
-            "echodeploy.untrained": "false" if checkpoint else "true",
-            "echodeploy.exporter": f"torch-{torch.__version__}",
-            "echodeploy.precision": precision,
-        }
+        metadata = export_metadata(spec, checkpoint, seed, precision)
         path = model_file(repository, name)
         if not force and is_current(path, metadata):
             results.append((spec, None, checkpoint is None))

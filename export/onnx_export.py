@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from echodeploy.export.checkpoints import sha256
 from torch import Tensor, nn
 
 from echodeploy.errors import ExportError
@@ -133,6 +134,18 @@ def read_metadata(path: Path) -> dict[str, str]:
     """Metadata of an exported file, without loading its weights."""
     model = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
+
+
+def export_metadata(spec: ModelSpec, checkpoint: Path | None, seed: int, precision: str) -> dict[str, str]:
+    """What an export declares: the spec, where the weights came from, the exporter, the precision."""
+    return {
+        **spec.metadata(),
+        "echodeploy.checkpoint_sha256": sha256(checkpoint) if checkpoint else "",
+        "echodeploy.random_seed": "" if checkpoint else str(seed),
+        "echodeploy.untrained": "false" if checkpoint else "true",
+        "echodeploy.exporter": f"torch-{torch.__version__}",
+        "echodeploy.precision": precision,
+    }
 
 
 def is_current(path: Path, metadata: dict[str, str]) -> bool:
