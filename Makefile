@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup server-env demo test bench clean
+.PHONY: setup server-env demo lint test clean
 
 setup: $(VENV)/.installed
 
@@ -18,12 +18,20 @@ $(VENV)/.installed: pyproject.toml
 
 # The local tritonserver runs in its own venv: nvidia-pytriton pins numpy<2.
 server-env: setup
-	$(BIN)/python -c "from echodeploy.client.server import ensure_server_env; ensure_server_env()"
+	$(BIN)/python -c "from echodeploy.client.backends.server import ensure_server_env; ensure_server_env()"
 
 demo: setup
 	$(BIN)/echodeploy demo
 
-test: setup server-env
+# ruff, and the import layers checked on the package as the wheel lays it out (the source
+# folders export/, client/, ... become echodeploy.export, echodeploy.client, ...).
+lint: setup
+	$(BIN)/ruff check .
+	rm -rf build/layers
+	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w build/layers . 2>/dev/null
+	cd build/layers && $(PYTHON) -m zipfile -e *.whl . && PYTHONPATH=. ../../$(BIN)/lint-imports ../../pyproject.toml
+
+test: lint server-env
 	$(BIN)/python -m pytest
 
 clean:

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from echodeploy.client.server import DEFAULT_SERVER_ENV
+from echodeploy.client.backends.server import DEFAULT_SERVER_ENV
 from echodeploy.errors import EchodeployError
 from echodeploy.repository import DEFAULT_REPOSITORY
 from echodeploy.specs import PUBLISHED_TASKS, TASKS, VIEWS, parse_names
@@ -134,7 +134,7 @@ def _report(name: str, report, untrained: bool) -> None:
     flag = "  [UNTRAINED: seeded random weights]" if untrained else ""
     typer.echo(f"{name}: max |onnx - torch| {diff} ({where}){flag}")
     if report and report.agreement:
-        from echodeploy.client.agreement import summary as agreement_summary
+        from echodeploy.agreement import summary as agreement_summary
 
         line = f"  {report.precision} vs fp32: {agreement_summary(report.agreement)}"
         typer.secho(line, fg=None if report.agreement["passed"] else "red", bold=not report.agreement["passed"])
@@ -183,8 +183,8 @@ def cmr(
     retry_seconds: RetrySeconds = 60,
 ):
     """Predict CMR findings for every video of a manifest or folder."""
-    from echodeploy.client.cmr import CmrOptions
-    from echodeploy.client.inputs import read_inputs
+    from echodeploy.client.runs.cmr import CmrOptions
+    from echodeploy.client.runs.inputs import read_inputs
 
     try:
         options = CmrOptions(
@@ -203,20 +203,20 @@ def cmr(
 def make_backend(name: str, repository: Path, urls, protocol: str, max_in_flight: int, retry_seconds: float = 60):
     """The embedded ONNX Runtime backend, or a Triton client for the given servers."""
     if name == "onnxruntime":
-        from echodeploy.client.backends import OnnxRuntimeBackend
+        from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(repository)
     if name == "triton":
         if not urls:
             raise EchodeployError("--backend triton needs --url HOST:PORT (start one with `echodeploy serve`)")
-        from echodeploy.client.triton_backend import TritonBackend
+        from echodeploy.client.backends.triton import TritonBackend
 
         return TritonBackend(urls, protocol=protocol, max_in_flight=max_in_flight, retry_seconds=retry_seconds)
     raise EchodeployError(f"unknown backend {name!r}; known: onnxruntime, triton")
 
 
 def _run_cmr(inputs, backend, out: Path, options) -> None:
-    from echodeploy.client.cmr import run_cmr
+    from echodeploy.client.runs.cmr import run_cmr
 
     try:
         summary = run_cmr(inputs, backend, out, options)
@@ -274,8 +274,8 @@ def mmode(
     retry_seconds: RetrySeconds = 60,
 ):
     """LVID in diastole/systole, LV volume and heart rate from mouse M-mode DICOMs (good-quality beats)."""
-    from echodeploy.client.mmode import MModeOptions, read_mmode_inputs, run_mmode
-    from echodeploy.client.mmode_features import DEFAULT_MAX_BPM
+    from echodeploy.client.results.mmode_features import DEFAULT_MAX_BPM
+    from echodeploy.client.runs.mmode import MModeOptions, read_mmode_inputs, run_mmode
 
     try:
         options = MModeOptions(write=write, figures=figures, batch_size=batch_size, workers=workers,
@@ -304,9 +304,9 @@ def demo(
     workers: Workers = 1,
 ):
     """Run both pipelines end to end on generated data with the embedded backend (no server)."""
-    from echodeploy.client.cmr import CmrOptions
-    from echodeploy.client.inputs import read_inputs
-    from echodeploy.client.mmode import MModeOptions, read_mmode_inputs, run_mmode
+    from echodeploy.client.runs.cmr import CmrOptions
+    from echodeploy.client.runs.inputs import read_inputs
+    from echodeploy.client.runs.mmode import MModeOptions, read_mmode_inputs, run_mmode
     from echodeploy.samples import write_demo_mmode_study, write_demo_study
 
     try:
@@ -345,7 +345,7 @@ def serve(
     """Serve the cpu-target repository with a local tritonserver until Ctrl-C."""
     import time
 
-    from echodeploy.client.server import TritonServer, ensure_server_env
+    from echodeploy.client.backends.server import TritonServer, ensure_server_env
 
     try:
         if not (repository / "TARGET").exists():
@@ -408,8 +408,8 @@ def bench(
 ):
     """Latency and throughput per backend, batch size and concurrency (like perf_analyzer), roofline
     fractions, and reduced-precision agreement; writes bench.json, bench.md and plots."""
-    from echodeploy.client.bench import BACKENDS, BenchConfig, run_bench
-    from echodeploy.client.bench_report import console
+    from echodeploy.benchmarks.bench import BACKENDS, BenchConfig, run_bench
+    from echodeploy.benchmarks.report import console
 
     try:
         if requests is not None:

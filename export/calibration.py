@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from echodeploy.preprocessing.clips import DICOM_SUFFIXES, VIDEO_SUFFIXES, load_clips
-from echodeploy.preprocessing.mmode import profile_weights, read_mmode, segmentation_windows
-from echodeploy.preprocessing.video import make_clips
 from torch import nn
 
 from echodeploy.errors import EchodeployError, InputError
+from echodeploy.preprocessing.clips import DICOM_SUFFIXES, VIDEO_SUFFIXES, load_clips
+from echodeploy.preprocessing.mmode import profile_weights, read_mmode, segmentation_windows
+from echodeploy.preprocessing.video import make_clips
 from echodeploy.samples import synthetic_echo, synthetic_mmode
 from echodeploy.specs import MMODE_LVID, ModelSpec
 

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from echodeploy.export.cardionet import CardioNet
-from echodeploy.export.checkpoints import load_strict, read_checkpoint
-from echodeploy.export.calibration import calibration_feeds, reestimate_batchnorm
-from echodeploy.export.onnx_export import ExportReport, export_metadata, is_current
-from echodeploy.export.precision import export_at_precision
-from echodeploy.export.quicknat import QuickNAT
 from torch import Tensor, nn
 
 from echodeploy.errors import CheckpointError, ExportError
+from echodeploy.export.calibration import calibration_feeds, reestimate_batchnorm
+from echodeploy.export.cardionet import CardioNet
+from echodeploy.export.checkpoints import load_strict, read_checkpoint
+from echodeploy.export.onnx_export import ExportReport, export_metadata, is_current
+from echodeploy.export.precision import export_at_precision
+from echodeploy.export.quicknat import QuickNAT
 from echodeploy.repository import model_file
 from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, ModelSpec, mmode_model
 

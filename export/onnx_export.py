@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from echodeploy.export.checkpoints import sha256
 from torch import Tensor, nn
 
 from echodeploy.errors import ExportError
+from echodeploy.export.checkpoints import sha256
 from echodeploy.specs import ModelSpec
 
 OPSET = 17

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from echodeploy.client.agreement import compare_outputs
+
+from echodeploy.agreement import compare_outputs
+from echodeploy.errors import ExportError
 from echodeploy.export.calibration import Feed, calibration_feeds
 from echodeploy.export.onnx_export import PARITY_ATOL, ExportReport, export_onnx
-
-from echodeploy.errors import ExportError
 from echodeploy.specs import MMODE_LVID, ModelSpec
 
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from echodeploy.preprocessing.dicom_cine import read_dicom_cine
-from echodeploy.preprocessing.video import Cine, ClipMode, make_clips, read_video, resample_fps
 
 from echodeploy.errors import InputError
+from echodeploy.preprocessing.dicom_cine import read_dicom_cine
+from echodeploy.preprocessing.video import Cine, ClipMode, make_clips, read_video, resample_fps
 from echodeploy.specs import ClipSpec
 
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mov", ".m4v", ".mkv", ".wmv"}

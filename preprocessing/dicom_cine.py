@@ -15,12 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
-from echodeploy.preprocessing.video import Cine, check_size, plausible_fps
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.sequence import Sequence
 from pydicom.pixels import apply_color_lut
+from pydicom.sequence import Sequence
 
 from echodeploy.errors import InputError
+from echodeploy.preprocessing.video import Cine, check_size, plausible_fps
 
 REGION_2D = 1  # RegionSpatialFormat of a 2D (B-mode) region
 MOTION_THRESHOLD = 2.0  # grey levels of temporal std that count as "moving"

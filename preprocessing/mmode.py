@@ -13,10 +13,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
-from echodeploy.preprocessing.dicom_cine import decode_frames, read_dataset
-from echodeploy.preprocessing.video import check_size
 
 from echodeploy.errors import InputError
+from echodeploy.preprocessing.dicom_cine import decode_frames, read_dataset
+from echodeploy.preprocessing.video import check_size
 
 REGION_MMODE = 2  # RegionSpatialFormat of an M-mode region
 SEED_REGION_INDEX = 2  # the seed hard-codes the third region

@@ -10,15 +10,12 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "state_dicts"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def fixture_keys(name: str) -> dict:
-    """Key/shape/dtype list of a published checkpoint (shared/fixtures/state_dicts)."""
-    path = FIXTURES / f"{name}.json"
-    if not path.exists():
-        pytest.fail(f"missing fixture {path}: shared/ must sit beside the checkout")
-    return json.loads(path.read_text())
+    """Key/shape/dtype list of a published checkpoint (tests/fixtures/<name>.json)."""
+    return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def server_env() -> Path:
     """The tritonserver's own virtual environment (numpy 1.x), created once."""
-    from echodeploy.client.server import ensure_server_env
+    from echodeploy.client.backends.server import ensure_server_env
 
     return ensure_server_env(Path(os.environ.get("ECHODEPLOY_SERVER_ENV", ROOT / ".venv-server")))
 
@@ -75,7 +72,7 @@ def scar_repository(repository, tmp_path_factory) -> Path:
 def triton(mmode_repository, server_env, tmp_path_factory, request):
     """A real tritonserver on free loopback ports serving the cpu-target repository (CMR and M-mode)."""
     repository = mmode_repository
-    from echodeploy.client.server import TritonServer
+    from echodeploy.client.backends.server import TritonServer
     from echodeploy.export.triton.repository import write_triton_repository
 
     write_triton_repository(repository, "cpu", max_batch_size=4)

@@ -7,14 +7,14 @@ import onnx
 import pytest
 import torch
 from conftest import run_cli
-from echodeploy.client.agreement import compare_columns, compare_outputs
-from echodeploy.client.backends import OnnxRuntimeBackend
-from echodeploy.client.bench import measure, torch_module
-from echodeploy.client.torch_backend import TorchBackend
+
+from echodeploy.agreement import compare_columns, compare_outputs
+from echodeploy.benchmarks.bench import measure, torch_module
+from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
 from echodeploy.export.calibration import calibration_feeds
 from echodeploy.export.mmode import mmode_network
 from echodeploy.export.precision import comparable_feeds
-
+from echodeploy.export.torch_backend import TorchBackend
 from echodeploy.repository import model_file
 from echodeploy.specs import MMODE_LVID, cmr_model, mmode_model
 

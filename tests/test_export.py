@@ -3,10 +3,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from echodeploy.export.cmr import export_cmr_models, seeded_network
-from echodeploy.export.onnx_export import OPSET, ServedClipModel, validate
 
 from echodeploy.errors import ExportError
+from echodeploy.export.cmr import export_cmr_models, seeded_network
+from echodeploy.export.onnx_export import OPSET, ServedClipModel, validate
 from echodeploy.repository import model_file
 from echodeploy.specs import TASKS, cmr_model
 

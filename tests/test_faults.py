@@ -22,14 +22,14 @@ import pandas as pd
 import pytest
 import tritonclient.grpc
 from conftest import run_cli
-from echodeploy.client.backends import OnnxRuntimeBackend
-from echodeploy.client.batching import Batcher, decode_executor, ordered_results
-from echodeploy.client.server import TritonServer
-from echodeploy.client.triton_backend import TritonBackend
-from echodeploy.export.triton.repository import parse_config
 from google.protobuf import text_format
 
+from echodeploy.client.backends.batching import Batcher, decode_executor, ordered_results
+from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
+from echodeploy.client.backends.server import TritonServer
+from echodeploy.client.backends.triton import TritonBackend
 from echodeploy.errors import RequestError
+from echodeploy.export.triton.repository import parse_config
 from echodeploy.samples import synthetic_echo, write_avi
 
 VIDEOS = 8

@@ -18,19 +18,19 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from echodeploy.client.inputs import read_inputs
-from echodeploy.preprocessing import video
-from echodeploy.preprocessing.clips import load_clips
-from echodeploy.preprocessing.mmode import read_mmode, segmentation_windows
 from hypothesis import HealthCheck, event, given, reject, settings
-from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 from pydicom.config import disable_value_validation
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
+from echodeploy.client.runs.inputs import read_inputs
 from echodeploy.errors import EchodeployError, InputError
+from echodeploy.preprocessing import video
+from echodeploy.preprocessing.clips import load_clips
+from echodeploy.preprocessing.mmode import read_mmode, segmentation_windows
 from echodeploy.samples import synthetic_echo, synthetic_mmode, write_avi, write_dicom_cine, write_mmode_dicom
 from echodeploy.specs import ClipSpec
 

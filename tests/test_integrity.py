@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
-from echodeploy.client.records import Journal, fingerprint
 
+from echodeploy.client.runs.journal import Journal, fingerprint
 from echodeploy.samples import synthetic_echo, write_avi
 
 

@@ -5,13 +5,11 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
-
 
 def test_load_script_serves_every_request_like_a_quiet_run(scar_repository, server_env, tmp_path):
     summary_path = tmp_path / "load.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "triton_load.py"), "--repository", str(scar_repository),
+        [sys.executable, "-m", "echodeploy.benchmarks.triton_load", "--repository", str(scar_repository),
          "--server-env", str(server_env), "--clients", "2", "--requests", "3", "--duration", "300",
          "--json", str(summary_path)],
         capture_output=True, text=True, timeout=600)

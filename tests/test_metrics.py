@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
-from echodeploy.client.metrics import binary_metrics, regression_metrics, roc_auc, youden_cutoff
+
+from echodeploy.client.results.metrics import binary_metrics, regression_metrics, roc_auc, youden_cutoff
 
 
 def test_auc_against_hand_counted_pairs():

@@ -9,13 +9,15 @@ import pydicom
 import pytest
 import torch
 from conftest import fixture_keys, run_cli
-from echodeploy.client.mmode_features import (
+
+from echodeploy.client.results.mmode_features import (
     beat_stats,
     beat_table,
     good_columns,
     min_peak_distance,
     teichholz_volume_ul,
 )
+from echodeploy.errors import CheckpointError, InputError
 from echodeploy.export.cardionet import CardioNet
 from echodeploy.export.mmode import load_cardionet, load_quicknat
 from echodeploy.export.quicknat import QuickNAT
@@ -29,8 +31,6 @@ from echodeploy.preprocessing.mmode import (
     stitch_frames,
     stitch_profiles,
 )
-
-from echodeploy.errors import CheckpointError, InputError
 from echodeploy.samples import synthetic_mmode, write_mmode_dicom
 
 S_PER_PX, MM_PER_PX = 0.00083334, 0.011525974

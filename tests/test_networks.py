@@ -3,10 +3,10 @@ import pickle
 import pytest
 import torch
 from conftest import fixture_keys
-from echodeploy.export.cmr import load_cmr_network
-from echodeploy.export.r2plus1d import R2Plus1D18
 
 from echodeploy.errors import CheckpointError
+from echodeploy.export.cmr import load_cmr_network
+from echodeploy.export.r2plus1d import R2Plus1D18
 
 
 def _published_like_state(seed: int = 0) -> dict:

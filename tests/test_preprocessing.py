@@ -1,12 +1,12 @@
 import cv2
 import numpy as np
 import pytest
-from echodeploy.preprocessing.clips import load_clips, read_cine
-from echodeploy.preprocessing.dicom_cine import read_dicom_cine, ultrasound_region
-from echodeploy.preprocessing.video import make_clips, resample_fps
 from pydicom import examples
 
 from echodeploy.errors import InputError
+from echodeploy.preprocessing.clips import load_clips, read_cine
+from echodeploy.preprocessing.dicom_cine import read_dicom_cine, ultrasound_region
+from echodeploy.preprocessing.video import make_clips, resample_fps
 from echodeploy.samples import synthetic_echo, write_avi, write_dicom_cine
 from echodeploy.specs import ClipSpec
 

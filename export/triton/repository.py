@@ -14,11 +14,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Literal
 
-from echodeploy.export.onnx_export import read_metadata
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from echodeploy.errors import ExportError
+from echodeploy.export.onnx_export import read_metadata
 from echodeploy.repository import MODEL_FILENAME, VERSION
 from echodeploy.specs import ModelSpec, cmr_model, mmode_model, view_ensemble_name
 

@@ -12,9 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from echodeploy.export.triton.repository import exported_models, render_config, trt_plan_config
-
 from echodeploy.errors import ExportError
+from echodeploy.export.triton.repository import exported_models, render_config, trt_plan_config
 from echodeploy.repository import model_file
 
 VERSION_FILE = "TENSORRT_VERSION"

@@ -15,11 +15,14 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from echodeploy.client.backends import Backend, check_model
-from echodeploy.client.batching import Batcher, decode_executor, guarded_read, ordered_results
-from echodeploy.client.inputs import read_table
-from echodeploy.client.mmode_features import DEFAULT_MAX_BPM, beat_stats, beat_table, good_columns
-from echodeploy.client.records import Journal, fingerprint, write_csv_atomic
+from tqdm import tqdm
+
+from echodeploy.backend import Backend, check_model
+from echodeploy.client.backends.batching import Batcher, decode_executor, guarded_read, ordered_results
+from echodeploy.client.results.mmode_features import DEFAULT_MAX_BPM, beat_stats, beat_table, good_columns
+from echodeploy.client.runs.inputs import read_table
+from echodeploy.client.runs.journal import Journal, fingerprint, write_csv_atomic
+from echodeploy.errors import EchodeployError, InputError, RequestError
 from echodeploy.preprocessing.clips import is_dicom
 from echodeploy.preprocessing.mmode import (
     profile_weights,
@@ -29,9 +32,6 @@ from echodeploy.preprocessing.mmode import (
     segmentation_windows,
     stitch_profiles,
 )
-from tqdm import tqdm
-
-from echodeploy.errors import EchodeployError, InputError, RequestError
 from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, mmode_model
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def _features(state: dict, probabilities: np.ndarray, out_dir: Path, options: MM
                        "duration_s": round(len(counts) * state["seconds_per_px"], 4), **beat_stats(beats)}
     record["beats"] = beats.to_dict("records")
     if options.figures:
-        from echodeploy.client.mmode_figures import draw_figures
+        from echodeploy.client.results.mmode_figures import draw_figures
 
         mean_rows = np.divide(row_sums, counts, out=np.zeros_like(row_sums), where=counts > 0)
         stem = Path(state["file"]).with_suffix("").as_posix().replace("/", "__")

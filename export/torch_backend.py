@@ -11,9 +11,9 @@ import copy
 
 import numpy as np
 import torch
-from echodeploy.client.backends import ModelInfo
 from torch import nn
 
+from echodeploy.backend import ModelInfo
 from echodeploy.errors import BackendError
 from echodeploy.specs import ModelSpec
 

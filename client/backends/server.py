@@ -54,7 +54,7 @@ class _ServerInstall:
     library_path: str
 
     @classmethod
-    def find(cls, env: Path) -> "_ServerInstall":
+    def find(cls, env: Path) -> _ServerInstall:
         python = env / "bin" / "python"
         if not python.exists():
             raise BackendError(f"{env}: no server environment; run `echodeploy serve --setup` or `make server-env`")
@@ -102,7 +102,7 @@ class TritonServer:
     def http_url(self) -> str:
         return f"{self.host}:{self.http_port}"
 
-    def start(self, timeout: float = 180) -> "TritonServer":
+    def start(self, timeout: float = 180) -> TritonServer:
         if self._process is not None:
             raise BackendError("this server is already running")
         install = _ServerInstall.find(Path(self.env).absolute())
@@ -191,7 +191,7 @@ class TritonServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start() if self._process is None else self
 
     def __exit__(self, *exc) -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from echodeploy.client.agreement import auc_change, compare_columns, compare_outputs
 
+from echodeploy.agreement import auc_change, compare_columns, compare_outputs
 from echodeploy.errors import EchodeployError
 from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, ModelSpec, model_spec, view_ensemble_name
 
@@ -224,7 +224,7 @@ class Served:
 
 
 def _open_backends(config: BenchConfig, specs: list[ModelSpec], work: Path, stack) -> list[Served]:
-    from echodeploy.client.backends import OnnxRuntimeBackend
+    from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
 
     needed = set(config.backends) | ({REFERENCE} if set(config.backends) & set(PRECISION_OF) else set())
     modules = {}
@@ -233,7 +233,7 @@ def _open_backends(config: BenchConfig, specs: list[ModelSpec], work: Path, stac
     served = []
     for name in [b for b in BACKENDS if b in needed]:
         if name.startswith("torch"):
-            from echodeploy.client.torch_backend import TorchBackend
+            from echodeploy.export.torch_backend import TorchBackend
 
             backend = TorchBackend(modules, PRECISION_OF.get(name, "fp32"), untrained=config.weights_dir is None)
         elif name.startswith("onnxruntime"):
@@ -257,11 +257,11 @@ class _triton:
         self.config, self.specs, self.work, self.server = config, specs, work, None
 
     def __enter__(self):
-        from echodeploy.client.triton_backend import TritonBackend
+        from echodeploy.client.backends.triton import TritonBackend
 
         urls = self.config.urls
         if not urls:
-            from echodeploy.client.server import DEFAULT_SERVER_ENV, TritonServer, ensure_server_env
+            from echodeploy.client.backends.server import DEFAULT_SERVER_ENV, TritonServer, ensure_server_env
             from echodeploy.export.triton.repository import write_triton_repository
 
             repository = self.work / "models" / "fp32"
@@ -372,9 +372,9 @@ def _e2e_inputs(family: str, config: BenchConfig, work: Path) -> Path:
 def end_to_end(config: BenchConfig, specs: list[ModelSpec], served: list[Served], work: Path,
                peaks: dict, progress=print) -> tuple[list[dict], list[dict]]:
     """Files -> result tables for every backend; (timings, agreement of the tables with fp32)."""
-    from echodeploy.client.cmr import CmrOptions, run_cmr
-    from echodeploy.client.inputs import read_inputs
-    from echodeploy.client.mmode import MModeOptions, read_mmode_inputs, run_mmode
+    from echodeploy.client.runs.cmr import CmrOptions, run_cmr
+    from echodeploy.client.runs.inputs import read_inputs
+    from echodeploy.client.runs.mmode import MModeOptions, read_mmode_inputs, run_mmode
 
     timings, tables = [], {}
     families = sorted({s.family for s in specs})
@@ -448,7 +448,7 @@ def run_bench(config: BenchConfig, out: Path, progress=print) -> dict:
     """Run every requested measurement; write bench.json, bench.md and plots into `out`."""
     from contextlib import ExitStack
 
-    from echodeploy.client.bench_report import write_report
+    from echodeploy.benchmarks.report import write_report
 
     unknown = [b for b in config.backends if b not in BACKENDS]
     if unknown:

@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from echodeploy.client.mmode_features import teichholz_volume_ul  # noqa: E402
+
+from echodeploy.client.results.mmode_features import teichholz_volume_ul  # noqa: E402
 
 
 def _shade_bad(ax, times: np.ndarray, good: np.ndarray) -> None:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from echodeploy.client.metrics import roc_auc
+from sklearn.metrics import roc_auc_score
 
 MAX_MEAN_ABS_DIFF = 0.02  # probabilities
 MAX_RELATIVE_DIFF = 0.02  # regression values: mean |delta| over mean |fp32|
@@ -57,7 +56,10 @@ def compare_columns(reference: pd.DataFrame, variant: pd.DataFrame, key: str, co
 
 def auc_change(labels: np.ndarray, reference: np.ndarray, variant: np.ndarray) -> float:
     """AUC(variant) - AUC(fp32) against the same labels."""
-    return roc_auc(labels, variant) - roc_auc(labels, reference)
+    labels = np.asarray(labels).astype(bool)
+    if labels.all() or not labels.any():
+        return float("nan")
+    return float(roc_auc_score(labels, variant) - roc_auc_score(labels, reference))
 
 
 def summary(report: dict) -> str:

@@ -8,7 +8,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from echodeploy.client.agreement import summary  # noqa: E402
+
+from echodeploy.agreement import summary  # noqa: E402
 
 SEED_PATH = "torch"
 

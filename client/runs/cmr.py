@@ -14,16 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from echodeploy.client.backends import Backend, check_model
-from echodeploy.client.batching import Batcher, decode_executor, guarded_read, ordered_results
-from echodeploy.client.inputs import STUDY, TARGET, target_values
-from echodeploy.client.metrics import binary_metrics, regression_metrics
-from echodeploy.client.records import Journal, fingerprint, write_atomic, write_csv_atomic
-from echodeploy.preprocessing.clips import load_clips
-from echodeploy.preprocessing.video import ClipMode
 from tqdm import tqdm
 
+from echodeploy.backend import Backend, check_model
+from echodeploy.client.backends.batching import Batcher, decode_executor, guarded_read, ordered_results
+from echodeploy.client.results.metrics import binary_metrics, regression_metrics
+from echodeploy.client.runs.inputs import STUDY, TARGET, target_values
+from echodeploy.client.runs.journal import Journal, fingerprint, write_atomic, write_csv_atomic
 from echodeploy.errors import EchodeployError, InputError, RequestError
+from echodeploy.preprocessing.clips import load_clips
+from echodeploy.preprocessing.video import ClipMode
 from echodeploy.specs import TASKS, VIEWS, ClipSpec, cmr_model, view_ensemble_name
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from echodeploy.client.backends import ModelInfo
 
+from echodeploy.backend import ModelInfo
 from echodeploy.errors import BackendError, RequestError
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from echodeploy.preprocessing.clips import DICOM_SUFFIXES, VIDEO_SUFFIXES
 
 from echodeploy.errors import EchodeployError
+from echodeploy.preprocessing.clips import DICOM_SUFFIXES, VIDEO_SUFFIXES
 from echodeploy.specs import VIEWS
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Benchmarks: need both the torch side (export) and the serving side (client)."""

@@ -1,0 +1,1 @@
+"""Inference backends: embedded ONNX Runtime, Triton client, local server lifecycle, batching."""
