@@ -188,10 +188,10 @@ def torch_module(spec: ModelSpec, weights_dir: Path | None, seed: int):
         if weights_dir and checkpoint is None:
             raise EchodeployError(f"no checkpoint for {spec.name} in {weights_dir}")
         return cmr_network(spec, checkpoint, seed)
-    from echodeploy.export.mmode import QUALITY_CHECKPOINT, SEGMENTATION_CHECKPOINT, mmode_network
+    from echodeploy.export.mmode import MMODE_NETWORKS, mmode_network
 
-    name = QUALITY_CHECKPOINT if spec.name == MMODE_QUALITY else SEGMENTATION_CHECKPOINT
-    return mmode_network(spec, Path(weights_dir) / name if weights_dir else None, seed)
+    checkpoint = Path(weights_dir) / MMODE_NETWORKS[spec.name].checkpoint if weights_dir else None
+    return mmode_network(spec, checkpoint, seed)
 
 
 def export_repository(repository: Path, specs: list[ModelSpec], precision: str, config: BenchConfig) -> None:
@@ -334,7 +334,6 @@ def model_agreement(specs: list[ModelSpec], served: list[Served], seed: int) -> 
     for spec in specs:
         feeds = _request(spec, AGREEMENT_ITEMS, seed + AGREEMENT_SEED)
         feeds = comparable_feeds(spec, [feeds])[0]
-        kind = "segmentation" if spec.name == MMODE_LVID else spec.kind
         output = spec.outputs[0].name
 
         def run(s: Served, size: int = 4) -> np.ndarray:
@@ -346,7 +345,7 @@ def model_agreement(specs: list[ModelSpec], served: list[Served], seed: int) -> 
         for s in served:
             if s.name in PRECISION_OF:
                 rows.append({"model": spec.name, "backend": s.name, "level": "model outputs",
-                             **compare_outputs(kind, expected, run(s))})
+                             **compare_outputs(spec.kind, expected, run(s))})
     return rows
 
 

@@ -183,7 +183,7 @@ def cmr(
     retry_seconds: RetrySeconds = 60,
 ):
     """Predict CMR findings for every video of a manifest or folder."""
-    from echodeploy.client.runs.cmr import CmrOptions
+    from echodeploy.client.runs.cmr import CmrOptions, run_cmr
     from echodeploy.client.runs.inputs import read_inputs
 
     try:
@@ -195,7 +195,8 @@ def cmr(
         if view:
             parse_names("view", view, VIEWS, ())
         inputs = read_inputs(source, view, data_root, allow_outside_root)
-        _run_cmr(inputs, make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds), out, options)
+        engine = make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds)
+        _run_bulk(lambda b: run_cmr(inputs, b, out, options), engine, out)
     except EchodeployError as exc:
         _fail(str(exc))
 
@@ -215,28 +216,27 @@ def make_backend(name: str, repository: Path, urls, protocol: str, max_in_flight
     raise EchodeployError(f"unknown backend {name!r}; known: onnxruntime, triton")
 
 
-def _run_cmr(inputs, backend, out: Path, options) -> None:
-    from echodeploy.client.runs.cmr import run_cmr
-
+def _run_bulk(run, backend, out: Path) -> None:
+    """Run a bulk job (`run(backend)` -> RunSummary), print its summary, exit with its code."""
     try:
-        summary = run_cmr(inputs, backend, out, options)
+        summary = run(backend)
     except KeyboardInterrupt:
-        typer.secho(f"interrupted: finished rows are kept in {out}; rerun the same command to resume",
+        typer.secho(f"interrupted: finished results are kept in {out}; rerun the same command to resume",
                     fg="yellow", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         backend.close()
     _print_summary(summary)
-    if not summary.all_ok:
-        raise typer.Exit(EXIT_ITEM_ERRORS)
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
 
 
 def _print_summary(summary) -> None:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
-    typer.echo(f"rows: {counts}")
-    for name in ("predictions.csv", "studies.csv", "metrics.json"):
-        if (summary.out_dir / name).exists():
-            typer.echo(f"wrote {summary.out_dir / name}")
+    typer.echo(f"{summary.counted}: {counts}")
+    for path in summary.written:
+        if path.exists():
+            typer.echo(f"wrote {path}")
     if summary.metrics:
         videos = summary.metrics["videos"]["all"]
         if "auc" in videos:
@@ -246,7 +246,7 @@ def _print_summary(summary) -> None:
         elif "mae" in videos:
             typer.echo(f"{summary.metrics['task']}: MAE {videos['mae']:.3g}, RMSE {videos['rmse']:.3g}, "
                        f"r {videos['pearson_r']:.3f}, n={videos['n']}")
-    if summary.untrained_models:
+    if summary.untrained:
         typer.secho("WARNING: outputs come from UNTRAINED models (seeded random weights): they are not "
                     "predictions. Export real weights with `echodeploy export --weights-dir DIR`.",
                     fg="yellow", err=True)
@@ -282,19 +282,9 @@ def mmode(
                                max_bpm=max_bpm or DEFAULT_MAX_BPM, bn_mode=bn_mode)
         inputs = read_mmode_inputs(source, mass, mass_csv)
         engine = make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds)
-        try:
-            counts = run_mmode(inputs, engine, out, options)
-        except KeyboardInterrupt:
-            typer.secho(f"interrupted: finished files are kept in {out}; rerun to resume", fg="yellow", err=True)
-            raise typer.Exit(EXIT_INTERRUPTED)
-        finally:
-            engine.close()
+        _run_bulk(lambda b: run_mmode(inputs, b, out, options), engine, out)
     except EchodeployError as exc:
         _fail(str(exc))
-    typer.echo("files: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
-    typer.echo(f"wrote {out / ('features_' + write + '.csv')}" + (f" and figures in {out / 'figures'}" if figures else ""))
-    if set(counts) - {"ok"}:
-        raise typer.Exit(EXIT_ITEM_ERRORS)
 
 
 @app.command()
@@ -304,7 +294,7 @@ def demo(
     workers: Workers = 1,
 ):
     """Run both pipelines end to end on generated data with the embedded backend (no server)."""
-    from echodeploy.client.runs.cmr import CmrOptions
+    from echodeploy.client.runs.cmr import CmrOptions, run_cmr
     from echodeploy.client.runs.inputs import read_inputs
     from echodeploy.client.runs.mmode import MModeOptions, read_mmode_inputs, run_mmode
     from echodeploy.samples import write_demo_mmode_study, write_demo_study
@@ -317,19 +307,25 @@ def demo(
         _export(repository, ("A4C",), tasks, None, 0, False)
         _export_mmode(repository, None, "seed", 0, False)
         _write_triton(repository, "cpu", 8, 1, False)  # ready for `echodeploy serve`
-        backend = make_backend("onnxruntime", repository, None, "grpc", 1)
-        _run_cmr(read_inputs(manifest, "A4C"), backend, out / "cmr", CmrOptions(tasks=tasks, workers=workers))
+        _demo_run(lambda b: run_cmr(read_inputs(manifest, "A4C"), b, out / "cmr", CmrOptions(tasks=tasks, workers=workers)),
+                  repository, out / "cmr")
 
         typer.secho("== M-mode phenotyping: 2 generated mouse M-mode DICOMs, untrained models ==", bold=True)
         folder = write_demo_mmode_study(out / "mmode_data")
-        counts = run_mmode(read_mmode_inputs(folder, mass_g=22), make_backend("onnxruntime", repository, None,
-                                                                              "grpc", 1), out / "mmode",
-                           MModeOptions())
-        typer.echo("files: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
-        typer.echo(f"wrote {out / 'mmode' / 'features_stats.csv'} and figures in {out / 'mmode' / 'figures'}")
+        _demo_run(lambda b: run_mmode(read_mmode_inputs(folder, mass_g=22), b, out / "mmode", MModeOptions()),
+                  repository, out / "mmode")
         typer.secho("demo outputs come from UNTRAINED models: see README 'Real weights'", fg="yellow", err=True)
     except EchodeployError as exc:
         _fail(str(exc))
+
+
+def _demo_run(run, repository: Path, out: Path) -> None:
+    """One demo step on the embedded backend; row errors do not stop the demo."""
+    try:
+        _run_bulk(run, make_backend("onnxruntime", repository, None, "grpc", 1), out)
+    except typer.Exit as done:
+        if done.exit_code != EXIT_ITEM_ERRORS:
+            raise
 
 
 @app.command()

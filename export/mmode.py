@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import tempfile
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,6 @@ from echodeploy.export.quicknat import QuickNAT
 from echodeploy.repository import model_file
 from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, ModelSpec, mmode_model
 
-QUALITY_CHECKPOINT, SEGMENTATION_CHECKPOINT = "cardionet.pt", "quicknat.pt"
 MASK_AGREEMENT = 0.999  # fraction of mask pixels ONNX and torch must agree on
 LOGIT_RTOL = 0.05  # logit tolerance relative to the largest logit (max-pool ties move blobs)
 
@@ -77,26 +78,16 @@ def load_quicknat(path: Path, bn_mode: str) -> QuickNAT:
 BATCHNORM_WINDOWS = 8
 
 
-def _served(spec: ModelSpec, net: nn.Module) -> nn.Module:
-    return (ServedQuality(net) if spec.name == MMODE_QUALITY else ServedLvidProfile(net)).eval()
+@dataclass(frozen=True)
+class MModeNetwork:
+    """What differs per M-mode model; adding a model is one entry in `MMODE_NETWORKS`."""
 
-
-def seeded_mmode_network(spec: ModelSpec, seed: int) -> nn.Module:
-    """Untrained network with reproducible random weights; in bn_mode 'running' its BatchNorm
-    statistics are estimated on generated windows ('seed' mode normalises each window itself)."""
-    torch.manual_seed(seed + zlib.crc32(spec.name.encode()))
-    net = CardioNet(spec.bn_mode) if spec.name == MMODE_QUALITY else QuickNAT(spec.bn_mode)
-    if spec.bn_mode == "running":
-        reestimate_batchnorm(_served(spec, net), calibration_feeds(spec, BATCHNORM_WINDOWS, seed=seed))
-    return net.eval()
-
-
-def mmode_network(spec: ModelSpec, checkpoint: Path | None, seed: int = 0) -> nn.Module:
-    """The served module of `spec` with published weights, or seeded ones without a checkpoint."""
-    if checkpoint is None:
-        return _served(spec, seeded_mmode_network(spec, seed))
-    load = load_cardionet if spec.name == MMODE_QUALITY else load_quicknat
-    return _served(spec, load(checkpoint, spec.bn_mode))
+    checkpoint: str  # file name in --weights-dir
+    build: Callable[[str], nn.Module]  # bn_mode -> network with random weights
+    load: Callable[[Path, str], nn.Module]  # (checkpoint, bn_mode) -> network with published weights
+    served: Callable[[nn.Module], nn.Module]  # network -> the module the ONNX file holds
+    atol: float  # largest |ONNX - torch| of the served outputs accepted at export
+    check: Callable[[nn.Module, ModelSpec], float] | None = None  # extra parity check of the bare network
 
 
 def check_segmentation(net: QuickNAT, spec: ModelSpec) -> float:
@@ -123,6 +114,34 @@ def check_segmentation(net: QuickNAT, spec: ModelSpec) -> float:
     return agreement
 
 
+MMODE_NETWORKS = {
+    MMODE_QUALITY: MModeNetwork(checkpoint="cardionet.pt", build=CardioNet, load=load_cardionet,
+                                served=ServedQuality, atol=1e-4),
+    # the profile sums many thresholded pixels: allow the 0.1% of pixels that may flip
+    MMODE_LVID: MModeNetwork(checkpoint="quicknat.pt", build=QuickNAT, load=load_quicknat,
+                             served=ServedLvidProfile, atol=(1 - MASK_AGREEMENT) * 256 * 256,
+                             check=check_segmentation),
+}
+
+
+def seeded_mmode_network(spec: ModelSpec, seed: int) -> nn.Module:
+    """Untrained network with reproducible random weights; in bn_mode 'running' its BatchNorm
+    statistics are estimated on generated windows ('seed' mode normalises each window itself)."""
+    network = MMODE_NETWORKS[spec.name]
+    torch.manual_seed(seed + zlib.crc32(spec.name.encode()))
+    net = network.build(spec.bn_mode)
+    if spec.bn_mode == "running":
+        reestimate_batchnorm(network.served(net).eval(), calibration_feeds(spec, BATCHNORM_WINDOWS, seed=seed))
+    return net.eval()
+
+
+def mmode_network(spec: ModelSpec, checkpoint: Path | None, seed: int = 0) -> nn.Module:
+    """The served module of `spec` with published weights, or seeded ones without a checkpoint."""
+    network = MMODE_NETWORKS[spec.name]
+    net = seeded_mmode_network(spec, seed) if checkpoint is None else network.load(checkpoint, spec.bn_mode)
+    return network.served(net).eval()
+
+
 def export_mmode_models(repository: Path, weights_dir: Path | None = None, bn_mode: str = "seed",
                         seed: int = 0, force: bool = False, precision: str = "fp32",
                         calibration: Path | None = None) -> list[tuple[ModelSpec, ExportReport | None, bool]]:
@@ -131,24 +150,20 @@ def export_mmode_models(repository: Path, weights_dir: Path | None = None, bn_mo
     `precision` other than fp32 converts the parity-checked fp32 export (see `export.precision`).
     """
     results = []
-    for name, filename in ((MMODE_QUALITY, QUALITY_CHECKPOINT), (MMODE_LVID, SEGMENTATION_CHECKPOINT)):
+    for name, network in MMODE_NETWORKS.items():
         spec = mmode_model(name, bn_mode)
-        checkpoint = Path(weights_dir) / filename if weights_dir is not None else None
+        checkpoint = Path(weights_dir) / network.checkpoint if weights_dir is not None else None
         if checkpoint is not None and not checkpoint.is_file():
-            raise CheckpointError(f"no {filename} in {weights_dir} (needed for {name})")
+            raise CheckpointError(f"no {network.checkpoint} in {weights_dir} (needed for {name})")
         metadata = export_metadata(spec, checkpoint, seed, precision)
         path = model_file(repository, name)
         if not force and is_current(path, metadata):
             results.append((spec, None, checkpoint is None))
             continue
         module = mmode_network(spec, checkpoint, seed)
-        if name == MMODE_QUALITY:
-            report = export_at_precision(module, spec, path, metadata, precision, calibration, atol=1e-4)
-        else:
-            agreement = check_segmentation(module.net, spec)
-            # the profile sums many thresholded pixels: allow the 0.1% of pixels that may flip
-            report = export_at_precision(module, spec, path, metadata, precision, calibration,
-                                         atol=(1 - MASK_AGREEMENT) * 256 * 256)
+        agreement = network.check(module.net, spec) if network.check else None
+        report = export_at_precision(module, spec, path, metadata, precision, calibration, atol=network.atol)
+        if agreement is not None:
             report.max_abs_diff["mask_agreement"] = agreement
         results.append((spec, report, checkpoint is None))
     return results

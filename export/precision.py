@@ -22,7 +22,7 @@ from echodeploy.agreement import compare_outputs
 from echodeploy.errors import ExportError
 from echodeploy.export.calibration import Feed, calibration_feeds
 from echodeploy.export.onnx_export import PARITY_ATOL, ExportReport, export_onnx
-from echodeploy.specs import MMODE_LVID, ModelSpec
+from echodeploy.specs import ModelSpec
 
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
@@ -81,25 +81,24 @@ def _session(path: Path) -> ort.InferenceSession:
 
 def comparable_feeds(spec: ModelSpec, feeds: list[Feed]) -> list[Feed]:
     """The segmentation model returns the whole mask when its profile weights are the identity."""
-    if spec.name != MMODE_LVID:
+    if spec.kind != "segmentation":
         return feeds
     identity = np.eye(spec.inputs[0].shape[-1], dtype=np.float32)
     return [{**feed, "profile_weights": np.repeat(identity[None], len(feed["window"]), axis=0)} for feed in feeds]
 
 
 def comparable_output(spec: ModelSpec, output: np.ndarray) -> np.ndarray:
-    return output > 0.5 if spec.name == MMODE_LVID else output
+    return output > 0.5 if spec.kind == "segmentation" else output
 
 
 def agreement(spec: ModelSpec, fp32: Path, variant: Path, feeds: list[Feed]) -> dict:
     """Compare the two models on the same feeds (masks for segmentation, values otherwise)."""
     feeds = comparable_feeds(spec, feeds)
-    kind = "segmentation" if spec.name == MMODE_LVID else spec.kind
     outputs = []
     for path in (fp32, variant):
         session = _session(path)
         outputs.append(np.concatenate([session.run(None, feed)[0] for feed in feeds]))
-    return compare_outputs(kind, *(comparable_output(spec, o) for o in outputs))
+    return compare_outputs(spec.kind, *(comparable_output(spec, o) for o in outputs))
 
 
 def write_variant(spec: ModelSpec, fp32: Path, path: Path, precision: str,

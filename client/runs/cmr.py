@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from echodeploy.backend import Backend, check_model
-from echodeploy.client.backends.batching import Batcher, decode_executor, guarded_read, ordered_results
+from echodeploy.client.backends.batching import Batcher
 from echodeploy.client.results.metrics import binary_metrics, regression_metrics
 from echodeploy.client.runs.inputs import STUDY, TARGET, target_values
-from echodeploy.client.runs.journal import Journal, fingerprint, write_atomic, write_csv_atomic
+from echodeploy.client.runs.journal import write_atomic, write_csv_atomic
+from echodeploy.client.runs.runner import RunSummary, records_in_order, run_bulk
 from echodeploy.errors import EchodeployError, InputError, RequestError
 from echodeploy.preprocessing.clips import load_clips
 from echodeploy.preprocessing.video import ClipMode
@@ -45,18 +45,6 @@ class CmrOptions:
             raise EchodeployError("--batch-size must be >= 1 and --workers >= 0")
         if self.clips not in ("first", "all"):
             raise EchodeployError(f"--clips must be 'first' or 'all', got {self.clips!r}")
-
-
-@dataclass
-class CmrSummary:
-    out_dir: Path
-    counts: dict[str, int]
-    untrained_models: list[str]
-    metrics: dict = field(default_factory=dict)
-
-    @property
-    def all_ok(self) -> bool:
-        return set(self.counts) <= {"ok"}
 
 
 def row_key(index: int, row: pd.Series) -> str:
@@ -115,64 +103,70 @@ def prepare_models(backend: Backend, views, tasks) -> tuple[dict[str, list], lis
     return calls, untrained
 
 
-def run_cmr(inputs: pd.DataFrame, backend: Backend, out_dir: Path, options: CmrOptions) -> CmrSummary:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    known_views = sorted({v for v in inputs["view"] if v in VIEWS})
-    calls, untrained = prepare_models(backend, known_views, options.tasks)
-    if untrained:
-        log.warning("UNTRAINED MODELS (seeded random weights, not predictions): %s", ", ".join(untrained))
-    clip = ClipSpec()
-    keys = [row_key(i, row) for i, row in inputs.iterrows()]
-    prints = [fingerprint(p) for p in inputs["path"]]
-    with Journal(out_dir / "records.jsonl") as journal:
-        todo = [i for i, (k, fp) in enumerate(zip(keys, prints)) if not journal.is_done(k, fp)]
-        if len(todo) < len(inputs):
-            log.info("resuming: %d of %d rows already done", len(inputs) - len(todo), len(inputs))
-        try:
-            _process(inputs, todo, keys, prints, calls, untrained, backend, journal, options, clip)
-        finally:
-            summary = write_outputs(inputs, keys, journal.records, out_dir, options, untrained)
-    return summary
+class CmrInference:
+    """Clips of many videos batched per view; a video's record is finished when all its clips are."""
+
+    defaults = {"outputs": {}, "clips": 0, "untrained": False}
+
+    def __init__(self, pipeline: CmrPipeline, backend: Backend):
+        self.pipeline = pipeline
+        calls, self.untrained = prepare_models(backend, pipeline.views, pipeline.options.tasks)
+        if self.untrained:
+            log.warning("UNTRAINED MODELS (seeded random weights, not predictions): %s", ", ".join(self.untrained))
+        self.batchers = {view: Batcher(_view_infer(backend, view_calls), pipeline.options.batch_size)
+                         for view, view_calls in calls.items()}
+        self.pending: dict[str, dict] = {}
+
+    def add(self, index: int, record: dict, clips: np.ndarray) -> list[dict]:
+        view = self.pipeline.inputs.at[index, "view"]
+        if view not in VIEWS:
+            record.update(status="error", error=f"unknown view {view!r}; known: {', '.join(VIEWS)}")
+            return [record]
+        record["clips"] = len(clips)
+        record["untrained"] = any(cmr_model(view, t).name in self.untrained for t in self.pipeline.options.tasks)
+        self.pending[record["key"]] = record
+        return [_finish(self.pending.pop(k), r) for k, r in self.batchers[view].add(record["key"], {"clip": clips})]
+
+    def flush(self) -> list[dict]:
+        return [_finish(self.pending.pop(k), r) for batcher in self.batchers.values() for k, r in batcher.flush()]
 
 
-def _process(inputs, todo, keys, prints, calls, untrained, backend, journal, options, clip):
-    batchers = {view: Batcher(_view_infer(backend, view_calls), options.batch_size)
-                for view, view_calls in calls.items()}
-    pending: dict[str, dict] = {}
-    jobs = [(i, (guarded_read, read_clips, inputs.at[i, "path"], inputs.at[i, "path_error"], clip, options.clips,
-                 options.fps)) for i in todo]
-    window = max(2 * options.workers, 1) + options.batch_size
-    with decode_executor(options.workers) as executor, tqdm(total=len(inputs), initial=len(inputs) - len(todo), unit="video",
-                        desc="cmr", dynamic_ncols=True) as progress:
-        for (i, _), (clips, fields) in ordered_results(executor, jobs, window):
-            view = inputs.at[i, "view"]
-            record = {"key": keys[i], "fingerprint": prints[i], **fields, "outputs": {},
-                      "clips": 0, "untrained": False}
-            if clips is not None and view not in VIEWS:
-                record.update(status="error", error=f"unknown view {view!r}; known: {', '.join(VIEWS)}")
-            if record["status"] != "ok":
-                journal.append([record])
-                progress.update(1)
-                continue
-            record["clips"] = len(clips)
-            record["untrained"] = any(cmr_model(view, t).name in untrained for t in options.tasks)
-            pending[keys[i]] = record
-            finished = [_finish(pending.pop(k), r) for k, r in batchers[view].add(keys[i], {"clip": clips})]
-            journal.append(finished)
-            progress.update(len(finished))
-        for batcher in batchers.values():
-            finished = [_finish(pending.pop(k), r) for k, r in batcher.flush()]
-            journal.append(finished)
-            progress.update(len(finished))
+class CmrPipeline:
+    """CMR-from-echo over the rows of a manifest or folder: clips in, task outputs per video and study out."""
+
+    name, unit, counted = "cmr", "video", "rows"
+
+    def __init__(self, inputs: pd.DataFrame, options: CmrOptions):
+        self.inputs, self.options = inputs, options
+        self.views = sorted({v for v in inputs["view"] if v in VIEWS})
+        self.keys = [row_key(i, row) for i, row in inputs.iterrows()]
+        self.paths = list(inputs["path"])
+        self.read_ahead = options.batch_size
+        self.untrained: list[str] = []
+
+    def read_job(self, index: int):
+        row = self.inputs.loc[index]
+        return read_clips, (row["path"], row["path_error"], ClipSpec(), self.options.clips, self.options.fps)
+
+    def open(self, backend: Backend) -> CmrInference:
+        inference = CmrInference(self, backend)
+        self.untrained = inference.untrained
+        return inference
+
+    def write_outputs(self, records: dict[str, dict], out_dir: Path) -> RunSummary:
+        return write_outputs(self, records, out_dir)
 
 
-def predictions_table(inputs: pd.DataFrame, keys: list[str], records: dict[str, dict],
-                      tasks: tuple[str, ...]) -> pd.DataFrame:
+def run_cmr(inputs: pd.DataFrame, backend: Backend, out_dir: Path, options: CmrOptions) -> RunSummary:
+    """Predict every row of `inputs` on `backend` into `out_dir` (resuming what is there)."""
+    return run_bulk(CmrPipeline(inputs, options), backend, out_dir, options.workers)
+
+
+def predictions_table(pipeline: CmrPipeline, records: dict[str, dict]) -> pd.DataFrame:
     """The input rows, in order, with status, reason and one column per task output."""
-    table = inputs.drop(columns="path_error")
-    outputs = [TASKS[t].output for t in tasks]
-    rows = [records.get(k) or {"status": "pending", "error": "not processed yet (interrupted)"} for k in keys]
+    table = pipeline.inputs.drop(columns="path_error")
+    outputs = [TASKS[t].output for t in pipeline.options.tasks]
+    rows = records_in_order(pipeline, records)
     for column in RESULT_COLUMNS:
         table[column] = [r.get(column, "") for r in rows]
     for name in outputs:
@@ -216,11 +210,13 @@ def evaluate(predictions: pd.DataFrame, studies: pd.DataFrame, task: str) -> dic
     return result
 
 
-def write_outputs(inputs, keys, records, out_dir: Path, options: CmrOptions, untrained) -> CmrSummary:
-    predictions = predictions_table(inputs, keys, records, options.tasks)
+def write_outputs(pipeline: CmrPipeline, records: dict[str, dict], out_dir: Path) -> RunSummary:
+    options = pipeline.options
+    predictions = predictions_table(pipeline, records)
     studies = studies_table(predictions, options.tasks)
-    write_csv_atomic(predictions, out_dir / "predictions.csv")
-    write_csv_atomic(studies, out_dir / "studies.csv")
+    written = [out_dir / "predictions.csv", out_dir / "studies.csv"]
+    write_csv_atomic(predictions, written[0])
+    write_csv_atomic(studies, written[1])
     metrics = {}
     target_task = options.target_task or (options.tasks[0] if len(options.tasks) == 1 else None)
     if TARGET in predictions.columns:
@@ -228,7 +224,8 @@ def write_outputs(inputs, keys, records, out_dir: Path, options: CmrOptions, unt
             log.warning("TARGET present but several tasks ran: pass --target-task to evaluate")
         else:
             metrics = evaluate(predictions, studies, target_task)
-            metrics["untrained"] = bool(untrained)
-            write_atomic(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
-    counts = predictions["status"].value_counts().to_dict()
-    return CmrSummary(out_dir=out_dir, counts=counts, untrained_models=untrained, metrics=metrics)
+            metrics["untrained"] = bool(pipeline.untrained)
+            written.append(out_dir / "metrics.json")
+            write_atomic(written[-1], lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
+    return RunSummary(out_dir=out_dir, counted="rows", counts=predictions["status"].value_counts().to_dict(),
+                      written=written, untrained=pipeline.untrained, metrics=metrics)

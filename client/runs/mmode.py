@@ -15,13 +15,13 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from echodeploy.backend import Backend, check_model
-from echodeploy.client.backends.batching import Batcher, decode_executor, guarded_read, ordered_results
+from echodeploy.client.backends.batching import Batcher
 from echodeploy.client.results.mmode_features import DEFAULT_MAX_BPM, beat_stats, beat_table, good_columns
 from echodeploy.client.runs.inputs import read_table
-from echodeploy.client.runs.journal import Journal, fingerprint, write_csv_atomic
+from echodeploy.client.runs.journal import write_csv_atomic
+from echodeploy.client.runs.runner import RunSummary, records_in_order, run_bulk
 from echodeploy.errors import EchodeployError, InputError, RequestError
 from echodeploy.preprocessing.clips import is_dicom
 from echodeploy.preprocessing.mmode import (
@@ -92,83 +92,98 @@ def read_windows(path: str, mass_g: float):
     return payload, trace.notes
 
 
-def run_mmode(inputs: pd.DataFrame, backend: Backend, out_dir: Path, options: MModeOptions) -> dict[str, int]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    untrained = False
-    for name in (MMODE_LVID, MMODE_QUALITY):
-        info = backend.model_info(name)
-        check_model(mmode_model(name, options.bn_mode), info)
-        untrained |= info.untrained
-    if untrained:
-        log.warning("UNTRAINED M-MODE MODELS (seeded random weights): features are not measurements")
-    keys = [f"{i}|{p}" for i, p in enumerate(inputs["path"])]
-    prints = [fingerprint(p) for p in inputs["path"]]
-    with Journal(out_dir / "records.jsonl") as journal:
-        todo = [i for i in range(len(inputs)) if not journal.is_done(keys[i], prints[i])]
-        if len(todo) < len(inputs):
-            log.info("resuming: %d of %d files already done", len(inputs) - len(todo), len(inputs))
-        try:
-            _process(inputs, todo, keys, prints, backend, journal, out_dir, options, untrained)
-        finally:
-            counts = write_features(inputs, keys, journal.records, out_dir, options.write)
-    return counts
+class MModeInference:
+    """Windows of many files share batches: segmentation first, then quality windows placed on its result."""
 
+    def __init__(self, pipeline: MModePipeline, backend: Backend):
+        self.pipeline, self.options = pipeline, pipeline.options
+        untrained = False
+        for name in (MMODE_LVID, MMODE_QUALITY):
+            info = backend.model_info(name)
+            check_model(mmode_model(name, self.options.bn_mode), info)
+            untrained |= info.untrained
+        if untrained:
+            log.warning("UNTRAINED M-MODE MODELS (seeded random weights): features are not measurements")
+        self.untrained = untrained
+        self.defaults = {"untrained": untrained, "stats": {}, "beats": []}
+        self.segment = Batcher(lambda feeds: backend.infer(MMODE_LVID, feeds), self.options.batch_size)
+        self.classify = Batcher(lambda feeds: backend.infer(MMODE_QUALITY, feeds), self.options.batch_size)
+        self.files: dict[str, dict] = {}
 
-def _process(inputs, todo, keys, prints, backend, journal, out_dir, options, untrained):
-    segment = Batcher(lambda feeds: backend.infer(MMODE_LVID, feeds), options.batch_size)
-    classify = Batcher(lambda feeds: backend.infer(MMODE_QUALITY, feeds), options.batch_size)
-    files: dict[str, dict] = {}
+    def add(self, index: int, record: dict, payload: dict) -> list[dict]:
+        inputs = self.pipeline.inputs
+        height = payload["trace"].shape[0]
+        self.files[record["key"]] = {**payload, "record": record, "mass_g": inputs.at[index, "mass_g"],
+                                     "file": inputs.at[index, "file"]}
+        weights = np.broadcast_to(profile_weights(height), (len(payload["windows"]), 2, 256))
+        return self._segmented(self.segment.add(record["key"], {"window": payload.pop("windows"),
+                                                                "profile_weights": np.ascontiguousarray(weights)}))
 
-    def fail(key, error: RequestError) -> dict:
-        state = files.pop(key)
+    def flush(self) -> list[dict]:
+        finished = self._segmented(self.segment.flush())
+        return finished + self._classified(self.classify.flush())
+
+    def _fail(self, key: str, error: RequestError) -> dict:
+        state = self.files.pop(key)
         return {**state["record"], "status": "error", "error": str(error)}
 
-    def segmented(done) -> list[dict]:
+    def _segmented(self, done) -> list[dict]:
         records = []
         for key, result in done:
             if isinstance(result, RequestError):
-                records.append(fail(key, result))
+                records.append(self._fail(key, result))
                 continue
-            state = files[key]
+            state = self.files[key]
             height, length = state["trace"].shape
             counts, row_sums = stitch_profiles(result["lvid_profile"], height, length)
             state.update(counts=counts, row_sums=row_sums)
             crop = quality_crop(height, state["mass_g"])
             windows, state["spans"] = quality_windows(state["trace"], counts, row_sums, crop)
-            records += classified(classify.add(key, {"window": windows}))
+            records += self._classified(self.classify.add(key, {"window": windows}))
         return records
 
-    def classified(done) -> list[dict]:
+    def _classified(self, done) -> list[dict]:
         records = []
         for key, result in done:
             if isinstance(result, RequestError):
-                records.append(fail(key, result))
+                records.append(self._fail(key, result))
                 continue
-            records.append(_features(files.pop(key), result["quality_prob"][:, 0], out_dir, options, untrained))
+            records.append(_features(self.files.pop(key), result["quality_prob"][:, 0], self.pipeline.out_dir,
+                                     self.options, self.untrained))
         return records
 
-    jobs = [(i, (guarded_read, read_windows, inputs.at[i, "path"], inputs.at[i, "mass_g"])) for i in todo]
-    with decode_executor(options.workers) as executor, tqdm(total=len(inputs), initial=len(inputs) - len(todo), unit="file", desc="mmode",
-                        dynamic_ncols=True) as progress:
-        for (i, _), (payload, fields) in ordered_results(executor, jobs, max(2 * options.workers, 1) + 2):
-            record = {"key": keys[i], "fingerprint": prints[i], **fields, "untrained": untrained,
-                      "stats": {}, "beats": []}
-            if payload is None:
-                finished = [record]
-            else:
-                height = payload["trace"].shape[0]
-                files[keys[i]] = {**payload, "record": record, "mass_g": inputs.at[i, "mass_g"],
-                                  "file": inputs.at[i, "file"]}
-                weights = np.broadcast_to(profile_weights(height), (len(payload["windows"]), 2, 256))
-                finished = segmented(segment.add(keys[i], {"window": payload.pop("windows"),
-                                                           "profile_weights": np.ascontiguousarray(weights)}))
-            journal.append(finished)
-            progress.update(len(finished))
-        finished = segmented(segment.flush())
-        finished += classified(classify.flush())
-        journal.append(finished)
-        progress.update(len(finished))
+
+class MModePipeline:
+    """M-mode phenotyping over DICOM files: traces in, per-beat features, statistics and figures out."""
+
+    name, unit, counted, read_ahead = "mmode", "file", "files", 2
+
+    def __init__(self, inputs: pd.DataFrame, options: MModeOptions, out_dir: Path):
+        self.inputs, self.options, self.out_dir = inputs, options, Path(out_dir)
+        self.keys = [f"{i}|{p}" for i, p in enumerate(inputs["path"])]
+        self.paths = list(inputs["path"])
+        self.untrained = False
+
+    def read_job(self, index: int):
+        return read_windows, (self.inputs.at[index, "path"], self.inputs.at[index, "mass_g"])
+
+    def open(self, backend: Backend) -> MModeInference:
+        inference = MModeInference(self, backend)
+        self.untrained = inference.untrained
+        return inference
+
+    def write_outputs(self, records: dict[str, dict], out_dir: Path) -> RunSummary:
+        written = write_features(self, records, out_dir)
+        if self.options.figures:
+            written.append(out_dir / "figures")
+        counts = pd.Series([r.get("status") for r in records_in_order(self, records)]).value_counts().to_dict()
+        return RunSummary(out_dir=out_dir, counted="files", counts=counts, written=written,
+                          untrained=[MMODE_LVID, MMODE_QUALITY] if self.untrained else [])
+
+
+def run_mmode(inputs: pd.DataFrame, backend: Backend, out_dir: Path, options: MModeOptions) -> RunSummary:
+    """Phenotype every file of `inputs` on `backend` into `out_dir` (resuming what is there)."""
+    return run_bulk(MModePipeline(inputs, options, out_dir), backend, out_dir, options.workers)
 
 
 def _features(state: dict, probabilities: np.ndarray, out_dir: Path, options: MModeOptions, untrained: bool) -> dict:
@@ -192,17 +207,18 @@ def _features(state: dict, probabilities: np.ndarray, out_dir: Path, options: MM
     return record
 
 
-def write_features(inputs: pd.DataFrame, keys: list[str], records: dict, out_dir: Path, write: str) -> dict[str, int]:
+def write_features(pipeline: MModePipeline, records: dict, out_dir: Path) -> list[Path]:
     """features_stats.csv (a row per file) or features_all.csv (a row per good beat; failed files once)."""
-    rows = [records.get(k) or {"status": "pending", "error": "not processed yet (interrupted)"} for k in keys]
+    inputs = pipeline.inputs
+    rows = records_in_order(pipeline, records)
     base = [{"file": f, "mass_g": m, "status": r.get("status"), "error": r.get("error", ""),
              "notes": r.get("notes", ""), "untrained": r.get("untrained", False)}
             for f, m, r in zip(inputs["file"], inputs["mass_g"], rows)]
-    if write == "stats":
+    if pipeline.options.write == "stats":
         table = pd.DataFrame([{**b, **r.get("stats", {})} for b, r in zip(base, rows)])
-        write_csv_atomic(table, out_dir / "features_stats.csv")
     else:
         table = pd.DataFrame([{**b, "beat": n, **beat} for b, r in zip(base, rows)
                               for n, beat in (enumerate(r.get("beats") or [{}]))])
-        write_csv_atomic(table, out_dir / "features_all.csv")
-    return pd.Series([r.get("status") for r in rows]).value_counts().to_dict()
+    path = out_dir / f"features_{pipeline.options.write}.csv"
+    write_csv_atomic(table, path)
+    return [path]
