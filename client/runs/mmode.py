@@ -123,16 +123,19 @@ class MModeInference:
         finished = self._segmented(self.segment.flush())
         return finished + self._classified(self.classify.flush())
 
-    def _fail(self, key: str, error: RequestError) -> dict:
-        state = self.files.pop(key)
-        return {**state["record"], "status": "error", "error": str(error)}
-
-    def _segmented(self, done) -> list[dict]:
-        records = []
+    def _succeeded(self, done) -> tuple[list[dict], list[tuple[str, dict]]]:
+        """(records of the files whose request failed, (key, outputs) of the others)."""
+        failed, succeeded = [], []
         for key, result in done:
             if isinstance(result, RequestError):
-                records.append(self._fail(key, result))
-                continue
+                failed.append({**self.files.pop(key)["record"], "status": "error", "error": str(result)})
+            else:
+                succeeded.append((key, result))
+        return failed, succeeded
+
+    def _segmented(self, done) -> list[dict]:
+        records, succeeded = self._succeeded(done)
+        for key, result in succeeded:
             state = self.files[key]
             height, length = state["trace"].shape
             counts, row_sums = stitch_profiles(result["lvid_profile"], height, length)
@@ -143,11 +146,8 @@ class MModeInference:
         return records
 
     def _classified(self, done) -> list[dict]:
-        records = []
-        for key, result in done:
-            if isinstance(result, RequestError):
-                records.append(self._fail(key, result))
-                continue
+        records, succeeded = self._succeeded(done)
+        for key, result in succeeded:
             records.append(_features(self.files.pop(key), result["quality_prob"][:, 0], self.pipeline.out_dir,
                                      self.options, self.untrained))
         return records

@@ -1,0 +1,1 @@
+"""Results: metrics, M-mode features and figures."""
