@@ -170,12 +170,18 @@ def synthetic_mmode(length: int = 2400, height: int = 200, heart_rate_bpm: float
 def write_mmode_dicom(path: Path, trace: np.ndarray, frame_width: int = 400, step: int = 120,
                       seconds_per_px: float = 0.00083334, mm_per_px: float = 0.011525974,
                       region_format: int = 2, units: tuple[int, int] = (4, 3), with_regions: bool = True,
-                      repeat_frame: int | None = None, patient: dict[str, str] | None = None) -> Path:
+                      repeat_frame: int | None = None, patient: dict[str, str] | None = None,
+                      bounds: str = "inclusive") -> Path:
     """Ultrasound Multi-frame RGB DICOM whose frames scroll over `trace` by `step` columns.
 
     Each frame shows the M-mode region (0018,6011 item 2, RegionSpatialFormat `region_format`)
     below a 40-row header band, like a scanner's screen; `repeat_frame` duplicates a frame.
+    `bounds`: the region's max X/Y as DICOM defines them ('inclusive': the last trace column
+    and row) or 'one_past' them, as the published Echo2Pheno tool reads them (`[min:max]`).
     """
+    if bounds not in ("inclusive", "one_past"):
+        raise ValueError(f"bounds must be 'inclusive' or 'one_past', got {bounds!r}")
+    past = int(bounds == "one_past")
     height, length = trace.shape
     starts = list(range(0, length - frame_width + 1, step))
     if repeat_frame is not None:
@@ -191,12 +197,13 @@ def write_mmode_dicom(path: Path, trace: np.ndarray, frame_width: int = 400, ste
     ds.SamplesPerPixel, ds.PlanarConfiguration, ds.PhotometricInterpretation = 3, 0, "RGB"
     if with_regions:
         regions = []
-        for fmt, bounds in ((1, (0, 0, frames.shape[2] - 1, header - 1)), (0, (0, 0, 5, 5)),
-                            (region_format, (margin, header, margin + frame_width - 1, header + height - 1))):
+        for fmt, box in ((1, (0, 0, frames.shape[2] - 1, header - 1)), (0, (0, 0, 5, 5)),
+                         (region_format, (margin, header, margin + frame_width - 1 + past,
+                                          header + height - 1 + past))):
             item = pydicom.Dataset()
             item.RegionSpatialFormat, item.RegionDataType = fmt, 1
             (item.RegionLocationMinX0, item.RegionLocationMinY0,
-             item.RegionLocationMaxX1, item.RegionLocationMaxY1) = bounds
+             item.RegionLocationMaxX1, item.RegionLocationMaxY1) = box
             item.PhysicalUnitsXDirection, item.PhysicalUnitsYDirection = units
             item.PhysicalDeltaX, item.PhysicalDeltaY = seconds_per_px, mm_per_px / 10
             regions.append(item)

@@ -2,7 +2,9 @@
 
 A mouse M-mode DICOM holds many RGB frames that overlap in time. The calibrated M-mode
 region of (0018,6011) is cut out of each frame, frames are stitched into one long trace,
-and the trace is converted to grayscale with the seed's weights.
+and the trace is converted to grayscale with the seed's weights. Region bounds are read as
+DICOM defines them (inclusive) or, when only that stitches, as the published tool read its
+scanner's files (`[min:max]`, max one past the last column and row).
 """
 
 from __future__ import annotations
@@ -82,39 +84,65 @@ def _column_hashes(frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return flat.astype(np.uint64) @ weights
 
 
-def overlap_offset(current: np.ndarray, following: np.ndarray) -> int | None:
-    """Where the right half of `current` reappears in `following` (first offset 0..W/2), or None.
+@dataclass(frozen=True)
+class FrameOverlaps:
+    """Per frame after the first: the column where the previous frame's right half reappears
+    in it (None: nowhere); `moving` counts the frame pairs that differ at all."""
 
-    Columns are compared by 64-bit fingerprints, so a frame pair costs O(H*W) to hash plus
-    O(W) per candidate offset; candidates are confirmed with an exact comparison.
+    offsets: tuple[int | None, ...]
+    moving: int
+
+    @property
+    def missing(self) -> list[int]:
+        """Frames whose overlap with the previous frame was not found."""
+        return [index + 1 for index, offset in enumerate(self.offsets) if offset is None]
+
+
+def find_overlaps(frames: np.ndarray) -> FrameOverlaps:
+    """Where the right half of each frame reappears in the next (first offset 0..W/2).
+
+    Columns are compared by 64-bit fingerprints, each frame hashed once, so a frame pair costs
+    O(H*W) plus O(W) per candidate offset; candidates are confirmed with an exact comparison.
+    Identical frames get offset W - W/2: they add nothing.
     """
-    width = current.shape[1]
-    half = width // 2
-    weights = np.random.default_rng(0).integers(1, 2**63, size=current[:, 0].size, dtype=np.uint64)
-    wanted, found = _column_hashes(current[:, width - half:], weights), _column_hashes(following, weights)
-    candidates = np.flatnonzero(found[: width - half + 1] == wanted[0])
-    for offset in candidates:
-        if offset + half <= width and np.array_equal(found[offset:offset + half], wanted) and \
-                np.array_equal(following[:, offset:offset + half], current[:, width - half:]):
-            return int(offset)
-    return None
-
-
-def stitch_frames(frames: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Join overlapping (T, H, W, C) frames into one (H, L, C) trace; notes for frames without overlap."""
-    pieces, notes = [frames[0]], []
     width = frames.shape[2]
     half = width // 2
+    weights = np.random.default_rng(0).integers(1, 2**63, size=frames[0, :, 0].size, dtype=np.uint64)
+    offsets, moving = [], 0
+    previous = _column_hashes(frames[0], weights)
     for index in range(1, len(frames)):
         current, following = frames[index - 1], frames[index]
+        found = _column_hashes(following, weights)
         if np.array_equal(current, following):
-            continue
-        offset = overlap_offset(current, following)
-        if offset is None:
-            notes.append(f"frame {index} does not overlap frame {index - 1}; appended whole")
-            pieces.append(following)
+            offsets.append(width - half)
         else:
-            pieces.append(following[:, offset + half:])
+            moving += 1
+            wanted = previous[width - half:]
+            offsets.append(next((int(offset) for offset in np.flatnonzero(found[: width - half + 1] == wanted[0])
+                                 if np.array_equal(found[offset:offset + half], wanted)
+                                 and np.array_equal(following[:, offset:offset + half], current[:, width - half:])),
+                                None))
+        previous = found
+    return FrameOverlaps(tuple(offsets), moving)
+
+
+def stitch_frames(frames: np.ndarray, overlaps: FrameOverlaps | None = None) -> tuple[np.ndarray, list[str]]:
+    """Join overlapping (T, H, W, C) frames into one (H, L, C) trace; notes for frames without overlap.
+
+    A rare frame without overlap is appended whole (noted); when most frame pairs that differ
+    have none, the frames do not scroll as one trace and stitching them would repeat or
+    misplace the signal: InputError `no_overlap`.
+    """
+    overlaps = find_overlaps(frames) if overlaps is None else overlaps
+    missing = overlaps.missing
+    if 2 * len(missing) > overlaps.moving:
+        raise InputError(f"{len(missing)} of {overlaps.moving} changing frame pairs share no exact overlap "
+                         "(the right half of a frame is not found in the next): these frames do not scroll as one "
+                         "M-mode trace, and joining them whole would repeat or misplace beats", "no_overlap")
+    half = frames.shape[2] // 2
+    pieces = [frames[0]] + [following if offset is None else following[:, offset + half:]
+                            for following, offset in zip(frames[1:], overlaps.offsets)]
+    notes = [f"frame {index} does not overlap frame {index - 1}; appended whole" for index in missing]
     return np.concatenate(pieces, axis=1), notes
 
 
@@ -123,14 +151,55 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
     return rgb.astype(np.float64) @ GRAY_WEIGHTS
 
 
+def region_crops(bounds: tuple[int, int, int, int], frames: np.ndarray) -> list[tuple[tuple[slice, slice], str]]:
+    """(rows, columns) to crop, and how the bounds were read, in order of preference.
+
+    DICOM's inclusive bounds first; then the published tool's `[min:max]` (max one past the last
+    column and row); then the inclusive crop without its edge rows and columns that are the
+    same in every frame (a border that does not scroll with the trace).
+    """
+    x0, y0, x1, y1 = bounds
+    crops = [((slice(y0, y1 + 1), slice(x0, x1 + 1)), "inclusive")]
+    if x1 - x0 >= 2:
+        crops.append(((slice(y0, y1), slice(x0, x1)), "one past the last column and row (the published tool's [min:max])"))
+    region = frames[:, y0:y1 + 1, x0:x1 + 1]
+    top, bottom, left, right = (int((edge == edge[:1]).all()) for edge in
+                                (region[:, :1], region[:, -1:], region[:, :, :1], region[:, :, -1:]))
+    if top + bottom + left + right and x1 - x0 + 1 - left - right >= 2 and y1 - y0 + 1 - top - bottom >= 1:
+        crops.append(((slice(y0 + top, y1 + 1 - bottom), slice(x0 + left, x1 + 1 - right)),
+                      f"inclusive without the edges that do not scroll (top {top}, bottom {bottom}, left {left}, "
+                      f"right {right})"))
+    return crops
+
+
+def stitch_region(frames: np.ndarray, bounds: tuple[int, int, int, int]) -> tuple[np.ndarray, list[str]]:
+    """Stitched (H, L, C) M-mode region, cropped the first way (`region_crops`) whose frames all
+    overlap, else the way with the fewest frames that do not; notes say which way was used."""
+    tried = []
+    for crop, reading in region_crops(bounds, frames):
+        tried.append((crop, reading, find_overlaps(frames[(slice(None), *crop)])))
+        if not tried[-1][2].missing:
+            break
+    crop, reading, overlaps = min(tried, key=lambda t: len(t[2].missing))
+    try:
+        trace, notes = stitch_frames(frames[(slice(None), *crop)], overlaps)
+    except InputError as exc:
+        raise InputError(f"{exc} (region bounds read as: {'; '.join(t[1] for t in tried)})", exc.status) from exc
+    if crop != tried[0][0]:
+        inclusive = tried[0][2]
+        notes.insert(0, f"region bounds read as {reading}: with DICOM's inclusive bounds {len(inclusive.missing)} "
+                        f"of {inclusive.moving} changing frame pairs did not overlap")
+    return trace, notes
+
+
 def read_mmode(path: Path) -> MModeTrace:
     """Calibrated, stitched grayscale M-mode trace of one DICOM file."""
     ds = read_dataset(Path(path))
     pixels = decode_frames(ds)
     if pixels.ndim != 4 or pixels.shape[-1] != 3 or pixels.dtype != np.uint8:
         raise InputError(f"expected 8-bit RGB frames, got {pixels.dtype} {pixels.shape}", "unreadable")
-    (x0, y0, x1, y1), seconds_per_px, mm_per_px, notes = mmode_region(ds, pixels.shape[1:3])
-    trace, stitch_notes = stitch_frames(np.ascontiguousarray(pixels[:, y0:y1 + 1, x0:x1 + 1]))
+    bounds, seconds_per_px, mm_per_px, notes = mmode_region(ds, pixels.shape[1:3])
+    trace, stitch_notes = stitch_region(pixels, bounds)
     return MModeTrace(trace=to_gray(trace), seconds_per_px=seconds_per_px, mm_per_px=mm_per_px,
                       notes=tuple(notes + stitch_notes))
 

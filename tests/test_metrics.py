@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from echodeploy.client.results.metrics import binary_metrics, regression_metrics, roc_auc, youden_cutoff
+from echodeploy.client.results.metrics import binary_metrics, rank_auc, regression_metrics, roc_auc, youden_cutoff
 
 
 def test_auc_against_hand_counted_pairs():
@@ -32,3 +32,42 @@ def test_regression_metrics():
     assert result["mae"] == pytest.approx(1 / 3)
     assert result["rmse"] == pytest.approx(np.sqrt(0.5 / 3))
     assert result["pearson_r"] == pytest.approx(1.0)
+
+
+def highest_best_cutoff(y: np.ndarray, score: np.ndarray) -> tuple[float, float, float]:
+    """Brute force: every distinct score as a cut-off (>=) and 'none positive' (inf); the highest
+    one reaching the largest J = TP/P - FP/N (in floats, as scikit-learn computes it)."""
+    positives, negatives = y.sum(), (~y).sum()
+    best = None
+    for threshold in [np.inf, *np.unique(score)[::-1]]:
+        predicted = score >= threshold
+        tp, fp = (predicted & y).sum(), (predicted & ~y).sum()
+        j = tp / positives - fp / negatives
+        if best is None or j > best[0]:
+            best = (j, threshold, tp / positives, 1 - fp / negatives)
+    return best[1:]
+
+
+def test_youden_cutoff_matches_scikit_learn_on_tied_scores():
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(0)
+    tie_break_mattered = 0
+    for _ in range(300):
+        n = int(rng.integers(4, 16))
+        y = rng.permutation(np.r_[0, 1, rng.integers(0, 2, n - 2)]).astype(bool)
+        score = rng.integers(0, 5, n) / 4  # few distinct values: ties are common
+        ours = youden_cutoff(y, score)
+        fpr, tpr, thresholds = roc_curve(y, score)
+        best = np.argmax(tpr - fpr)  # the seed's cut-off
+        assert ours == (thresholds[best], tpr[best], 1 - fpr[best])
+        assert ours == pytest.approx(highest_best_cutoff(y, score))
+        assert rank_auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)  # the bootstrap's AUC
+        j = tpr - fpr
+        tie_break_mattered += np.flatnonzero(np.isclose(j, j.max())).size > 1
+    assert tie_break_mattered > 15  # many cases where lowest and highest tied cut-offs differ
+
+
+def test_single_class_has_no_auc_or_cutoff():
+    assert np.isnan(roc_auc(np.ones(4), np.arange(4.0))) and np.isnan(rank_auc(np.zeros(4), np.arange(4.0)))
+    assert binary_metrics([0, 0, 0], [0.1, 0.5, 0.9]) == {"n": 3, "n_positive": 0, "auc": pytest.approx(np.nan, nan_ok=True)}

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score, roc_curve
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with tied ranks averaged)."""
+    """Area under the ROC curve (scikit-learn's, ties counted half); NaN when only one class is present."""
+    y = np.asarray(y).astype(bool)
+    if y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, score))
+
+
+def rank_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """The same area as a Mann-Whitney U with tied ranks averaged: equal to `roc_auc` to 1e-15 and
+    20x faster, for the bootstrap's 1000 resamples; NaN when only one class is present."""
     y = np.asarray(y).astype(bool)
     positives, negatives = y.sum(), (~y).sum()
     if positives == 0 or negatives == 0:
@@ -17,14 +27,14 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
 
 
 def youden_cutoff(y: np.ndarray, score: np.ndarray) -> tuple[float, float, float]:
-    """(threshold, sensitivity, specificity) maximising TPR - FPR, predicting positive at >=."""
-    y = np.asarray(y).astype(bool)
-    thresholds = np.unique(score)
-    predicted = score[None, :] >= thresholds[:, None]
-    sensitivity = (predicted & y).sum(1) / max(y.sum(), 1)
-    specificity = (~predicted & ~y).sum(1) / max((~y).sum(), 1)
-    best = int(np.argmax(sensitivity + specificity - 1))
-    return float(thresholds[best]), float(sensitivity[best]), float(specificity[best])
+    """(threshold, sensitivity, specificity) maximising TPR - FPR, predicting positive at >=.
+
+    As the seed computed it: scikit-learn's `roc_curve` and the first `argmax(tpr - fpr)`, so
+    among tied thresholds the highest is reported (inf when no threshold beats chance).
+    """
+    fpr, tpr, thresholds = roc_curve(np.asarray(y).astype(bool), score)
+    best = int(np.argmax(tpr - fpr))
+    return float(thresholds[best]), float(tpr[best]), float(1 - fpr[best])
 
 
 def binary_metrics(y, score, n_bootstrap: int = 1000, seed: int = 0) -> dict:
@@ -36,7 +46,7 @@ def binary_metrics(y, score, n_bootstrap: int = 1000, seed: int = 0) -> dict:
         return result
     rng = np.random.default_rng(seed)
     samples = rng.integers(0, len(y), size=(n_bootstrap, len(y)))
-    aucs = np.array([roc_auc(y[s], score[s]) for s in samples])
+    aucs = np.array([rank_auc(y[s], score[s]) for s in samples])
     aucs = aucs[~np.isnan(aucs)]
     threshold, sensitivity, specificity = youden_cutoff(y, score)
     result.update(
