@@ -259,6 +259,9 @@ def mmode(
     mass: Annotated[Optional[float], typer.Option(help="Body mass in grams, for every file.")] = None,
     mass_csv: Annotated[Optional[Path], typer.Option(help="CSV with columns file,mass_g.")] = None,
     write: Annotated[str, typer.Option(help="'stats' (a row per file) or 'all' (a row per good beat).")] = "stats",
+    all_beats: Annotated[bool, typer.Option(
+        help="With --write all: every detected beat, low-quality events with their values (flag 'low'), "
+             "so `echodeploy pheno` can report each beat it leaves out.")] = False,
     figures: Annotated[bool, typer.Option(help="Draw the per-file figures (PNG).")] = True,
     max_bpm: Annotated[float, typer.Option(
         help="Highest plausible heart rate; sets the minimum beat spacing (default = the seed's 85 px).")] = 0,
@@ -279,7 +282,7 @@ def mmode(
 
     try:
         options = MModeOptions(write=write, figures=figures, batch_size=batch_size, workers=workers,
-                               max_bpm=max_bpm or DEFAULT_MAX_BPM, bn_mode=bn_mode)
+                               max_bpm=max_bpm or DEFAULT_MAX_BPM, bn_mode=bn_mode, all_beats=all_beats)
         inputs = read_mmode_inputs(source, mass, mass_csv)
         engine = make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds)
         _run_bulk(lambda b: run_mmode(inputs, b, out, options), engine, out)
