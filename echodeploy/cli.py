@@ -291,6 +291,44 @@ def mmode(
 
 
 @app.command()
+def pheno(
+    beat_tables: Annotated[list[Path], typer.Argument(
+        help="Per-beat tables: features_all.csv of `echodeploy mmode --write all` or the published "
+             "Echo2Pheno tool's (mouse_id, file, LVIDd_auto, ..., LVIDs_auto_quality_flag).")],
+    mice: Annotated[Path, typer.Option(help="Mice table: mouse_id, sex (f/m), genotype; optional strain, type, "
+                                            "bw, LVIDd_manual, LVIDs_manual, EF_manual, FS_manual.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    files: Annotated[Optional[Path], typer.Option(
+        help="Table file,mouse_id for per-beat tables without a mouse_id column (one mouse may have several files).")]
+        = None,
+    control: Annotated[str, typer.Option(help="Genotype label of the control mice.")] = "control",
+    mutant: Annotated[str, typer.Option(help="Genotype label of the mutant mice.")] = "mutant",
+    min_mice: Annotated[int, typer.Option(help="Mice per group below which a p-value is left empty.")] = 2,
+    figures: Annotated[bool, typer.Option(help="Draw the figures (PNG).")] = True,
+):
+    """Mutant vs control per sex (Echo2Pheno Module II): beat filter, EF/FS, per-mouse means, Mann-Whitney U."""
+    from echodeploy.client.results.pheno import PhenoOptions, run_pheno
+
+    try:
+        options = PhenoOptions(control=control, mutant=mutant, min_mice=min_mice, figures=figures)
+        result = run_pheno(beat_tables, mice, out, options, files)
+    except EchodeployError as exc:
+        _fail(str(exc))
+    for line in result.lines:
+        typer.echo(line, err=True)
+    counts = result.number_of_mice
+    typer.echo("mice with values (control/mutant): " + ", ".join(
+        f"{sex} automatic {counts.at[sex, 'auto con']}/{counts.at[sex, 'auto mut']}, manual "
+        f"{counts.at[sex, 'man con']}/{counts.at[sex, 'man mut']}" for sex in ("f", "m")))
+    typer.echo("p-values (two-sided Mann-Whitney U; q: Benjamini-Hochberg over the table):")
+    typer.echo(result.p_values.iloc[:, :6].rename_axis(None).round(4).to_string(na_rep="-"))
+    typer.echo(f"wrote p_values.csv, tests.csv, number_of_mice.csv, mice.csv, excluded.csv, agreement.csv"
+               f"{' and figures' if result.figures else ''} in {out}")
+    if (result.excluded["level"] != "beat").any():
+        raise typer.Exit(EXIT_ITEM_ERRORS)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Demo output folder.")] = Path("echodeploy_demo"),
     repository: Repository = DEFAULT_REPOSITORY,
