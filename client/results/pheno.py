@@ -195,8 +195,9 @@ def assign_mice(beats: pd.DataFrame, files: pd.DataFrame | None, exclusions: Exc
                 continue
             exclusions.add("file", reason, file=name)
             beats = beats[beats["file"] != name]
+        seen = {r["file"] for r in exclusions.rows if r["file"]}  # files of the tables left out before
         for name in files["file"]:
-            if not {name, Path(name).name, Path(name).stem} & used:
+            if not {name, Path(name).name, Path(name).stem} & used and not {name, Path(name).name} & seen:
                 exclusions.add("file", "in the file table but in no per-beat table", file=name)
     unmapped = beats["mouse_id"] == ""
     for name in beats.loc[unmapped, "file"].unique():
