@@ -97,7 +97,7 @@ class Exclusions:
         self.rows.append({"level": level, "mouse_id": mouse_id, "file": file, "beat": beat, "table": table,
                           "reason": reason})
         if line:
-            what = {"mouse": f"mouse {mouse_id}", "file": f"file {file}"}.get(level, f"{file} beat {beat}")
+            what = {"mouse": f"mouse {mouse_id}", "file": f"file {file}"}.get(level, f"{file or table} beat {beat}")
             self.lines.append(f"{what}: {reason}")
 
     def frame(self) -> pd.DataFrame:
