@@ -259,6 +259,9 @@ def mmode(
     mass: Annotated[Optional[float], typer.Option(help="Body mass in grams, for every file.")] = None,
     mass_csv: Annotated[Optional[Path], typer.Option(help="CSV with columns file,mass_g.")] = None,
     write: Annotated[str, typer.Option(help="'stats' (a row per file) or 'all' (a row per good beat).")] = "stats",
+    all_beats: Annotated[bool, typer.Option(
+        help="With --write all: every detected beat, low-quality events with their values (flag 'low'), "
+             "so `echodeploy pheno` can report each beat it leaves out.")] = False,
     figures: Annotated[bool, typer.Option(help="Draw the per-file figures (PNG).")] = True,
     max_bpm: Annotated[float, typer.Option(
         help="Highest plausible heart rate; sets the minimum beat spacing (default = the seed's 85 px).")] = 0,
@@ -279,12 +282,50 @@ def mmode(
 
     try:
         options = MModeOptions(write=write, figures=figures, batch_size=batch_size, workers=workers,
-                               max_bpm=max_bpm or DEFAULT_MAX_BPM, bn_mode=bn_mode)
+                               max_bpm=max_bpm or DEFAULT_MAX_BPM, bn_mode=bn_mode, all_beats=all_beats)
         inputs = read_mmode_inputs(source, mass, mass_csv)
         engine = make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds)
         _run_bulk(lambda b: run_mmode(inputs, b, out, options), engine, out)
     except EchodeployError as exc:
         _fail(str(exc))
+
+
+@app.command()
+def pheno(
+    beat_tables: Annotated[list[Path], typer.Argument(
+        help="Per-beat tables: features_all.csv of `echodeploy mmode --write all` or the published "
+             "Echo2Pheno tool's (mouse_id, file, LVIDd_auto, ..., LVIDs_auto_quality_flag).")],
+    mice: Annotated[Path, typer.Option(help="Mice table: mouse_id, sex (f/m), genotype; optional strain, type, "
+                                            "bw, LVIDd_manual, LVIDs_manual, EF_manual, FS_manual.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    files: Annotated[Optional[Path], typer.Option(
+        help="Table file,mouse_id for per-beat tables without a mouse_id column (one mouse may have several files).")]
+        = None,
+    control: Annotated[str, typer.Option(help="Genotype label of the control mice.")] = "control",
+    mutant: Annotated[str, typer.Option(help="Genotype label of the mutant mice.")] = "mutant",
+    min_mice: Annotated[int, typer.Option(help="Mice per group below which a p-value is left empty.")] = 2,
+    figures: Annotated[bool, typer.Option(help="Draw the figures (PNG).")] = True,
+):
+    """Mutant vs control per sex (Echo2Pheno Module II): beat filter, EF/FS, per-mouse means, Mann-Whitney U."""
+    from echodeploy.client.results.pheno import PhenoOptions, run_pheno
+
+    try:
+        options = PhenoOptions(control=control, mutant=mutant, min_mice=min_mice, figures=figures)
+        result = run_pheno(beat_tables, mice, out, options, files)
+    except EchodeployError as exc:
+        _fail(str(exc))
+    for line in result.lines:
+        typer.echo(line, err=True)
+    counts = result.number_of_mice
+    typer.echo("mice with values (control/mutant): " + ", ".join(
+        f"{sex} automatic {counts.at[sex, 'auto con']}/{counts.at[sex, 'auto mut']}, manual "
+        f"{counts.at[sex, 'man con']}/{counts.at[sex, 'man mut']}" for sex in ("f", "m")))
+    typer.echo("p-values (two-sided Mann-Whitney U; q: Benjamini-Hochberg over the table):")
+    typer.echo(result.p_values.iloc[:, :6].rename_axis(None).round(4).to_string(na_rep="-"))
+    typer.echo(f"wrote p_values.csv, tests.csv, number_of_mice.csv, mice.csv, excluded.csv, agreement.csv"
+               f"{' and figures' if result.figures else ''} in {out}")
+    if (result.excluded["level"] != "beat").any():
+        raise typer.Exit(EXIT_ITEM_ERRORS)
 
 
 @app.command()

@@ -1,8 +1,10 @@
 """M-mode features from an LVID profile: beats, diameters, volumes, heart rate, quality gating.
 
 Diastoles are peaks of LVID, systoles peaks of -LVID, at least one shortest plausible
-beat apart (from a maximum heart rate and the file's own time resolution). Only events
-whose column falls in a good-quality window are reported.
+beat apart (from a maximum heart rate and the file's own time resolution). Each event
+carries the quality probability of the window its column lies in and a flag (`high` when
+the probability rounds to 1, as the seed's good windows); by default only `high` events
+are reported.
 """
 
 from __future__ import annotations
@@ -37,47 +39,79 @@ def find_beats(lvid_mm: np.ndarray, seconds_per_px: float, max_bpm: float = DEFA
     return diastoles, systoles
 
 
-def good_columns(length: int, spans: list[tuple[int, int]], good: np.ndarray) -> np.ndarray:
-    """Per trace column: does it lie in a good window? Regular windows first, the last one fills the rest."""
-    mask = np.zeros(length, bool)
+def window_columns(length: int, spans: list[tuple[int, int]], values: np.ndarray) -> np.ndarray:
+    """Per trace column, the value of the window it lies in: regular windows first, the last one fills the rest."""
+    values = np.asarray(values)
+    columns = np.zeros(length, values.dtype)
     assigned = np.zeros(length, bool)
-    for (start, end), ok in zip(spans, good):
+    for (start, end), value in zip(spans, values):
         free = ~assigned[start:end]
-        mask[start:end][free] = ok
+        columns[start:end][free] = value
         assigned[start:end] = True
-    return mask
+    return columns
 
 
-def beat_table(lvid_mm: np.ndarray, seconds_per_px: float, good: np.ndarray,
-               max_bpm: float = DEFAULT_MAX_BPM) -> pd.DataFrame:
-    """One row per diastole: LVID;d, the next systole's LVID;s, heart rate to the next diastole.
+def good_columns(length: int, spans: list[tuple[int, int]], good: np.ndarray) -> np.ndarray:
+    """Per trace column: does it lie in a good window?"""
+    return window_columns(length, spans, np.asarray(good, bool))
 
-    Values whose event lies in a bad-quality column are NaN; rows with nothing good are dropped.
+
+QUALITY_COLUMNS = ["lvid_d_quality", "lvid_d_quality_flag", "lvid_s_quality", "lvid_s_quality_flag"]
+BEAT_COLUMNS = ["lvid_d_mm", "lvid_d_time_s", "lvid_s_mm", "lvid_s_time_s", "heart_rate_bpm", "heart_rate_time_s",
+                *QUALITY_COLUMNS]
+
+
+def quality_flag(probability: float) -> str:
+    """'high' where the quality probability rounds to 1 (a good window), else 'low'."""
+    return "high" if probability > 0.5 else "low"
+
+
+def beat_table(lvid_mm: np.ndarray, seconds_per_px: float, quality: np.ndarray,
+               max_bpm: float = DEFAULT_MAX_BPM, all_events: bool = False) -> pd.DataFrame:
+    """One row per diastole: LVID;d, the next systole's LVID;s, heart rate to the next diastole,
+    and the quality probability and flag of both events.
+
+    `quality` is the per-column probability of a good window (a bool mask reads as 0/1). By
+    default low-quality values are NaN and rows with nothing good are dropped (`good_events`);
+    `all_events` keeps every beat with all its values.
     """
+    quality = np.asarray(quality, dtype=float)
     diastoles, systoles = find_beats(lvid_mm, seconds_per_px, max_bpm)
     rows = []
     for i, d in enumerate(diastoles):
         following = diastoles[i + 1] if i + 1 < len(diastoles) else len(lvid_mm)
         between = systoles[(systoles > d) & (systoles < following)]
         s = between[0] if len(between) else None
-        row = {
-            "lvid_d_mm": lvid_mm[d] if good[d] else np.nan,
-            "lvid_d_time_s": d * seconds_per_px if good[d] else np.nan,
-            "lvid_s_mm": lvid_mm[s] if s is not None and good[s] else np.nan,
-            "lvid_s_time_s": s * seconds_per_px if s is not None and good[s] else np.nan,
-            "heart_rate_bpm": np.nan,
-            "heart_rate_time_s": np.nan,
-        }
-        if i + 1 < len(diastoles) and good[d]:
-            row["heart_rate_bpm"] = 60.0 / ((diastoles[i + 1] - d) * seconds_per_px)
-            row["heart_rate_time_s"] = d * seconds_per_px
-        rows.append(row)
-    table = pd.DataFrame(rows, columns=["lvid_d_mm", "lvid_d_time_s", "lvid_s_mm", "lvid_s_time_s",
-                                        "heart_rate_bpm", "heart_rate_time_s"])
-    table["lv_vol_d_ul"] = teichholz_volume_ul(table["lvid_d_mm"])
-    table["lv_vol_s_ul"] = teichholz_volume_ul(table["lvid_s_mm"])
+        rows.append({
+            "lvid_d_mm": lvid_mm[d], "lvid_d_time_s": d * seconds_per_px,
+            "lvid_s_mm": np.nan if s is None else lvid_mm[s],
+            "lvid_s_time_s": np.nan if s is None else s * seconds_per_px,
+            "heart_rate_bpm": 60.0 / ((diastoles[i + 1] - d) * seconds_per_px) if i + 1 < len(diastoles) else np.nan,
+            "heart_rate_time_s": d * seconds_per_px if i + 1 < len(diastoles) else np.nan,
+            "lvid_d_quality": quality[d], "lvid_d_quality_flag": quality_flag(quality[d]),
+            "lvid_s_quality": np.nan if s is None else quality[s],
+            "lvid_s_quality_flag": "" if s is None else quality_flag(quality[s]),
+        })
+    table = _with_volumes(pd.DataFrame(rows, columns=BEAT_COLUMNS))
+    return table if all_events else good_events(table)
+
+
+def good_events(beats: pd.DataFrame) -> pd.DataFrame:
+    """The beats as reported by default: values of low-quality events NaN (the heart rate goes with
+    the diastole), rows with nothing good dropped; the quality columns stay."""
+    if "lvid_d_quality_flag" not in beats:  # written before events carried quality: already good-only
+        return beats
+    beats = beats.copy()
+    low_d, low_s = beats["lvid_d_quality_flag"] != "high", beats["lvid_s_quality_flag"] != "high"
+    beats.loc[low_d, ["lvid_d_mm", "lvid_d_time_s", "heart_rate_bpm", "heart_rate_time_s"]] = np.nan
+    beats.loc[low_s, ["lvid_s_mm", "lvid_s_time_s"]] = np.nan
     values = ["lvid_d_mm", "lvid_s_mm", "heart_rate_bpm"]
-    return table.dropna(subset=values, how="all").reset_index(drop=True)
+    return _with_volumes(beats.dropna(subset=values, how="all").reset_index(drop=True))
+
+
+def _with_volumes(beats: pd.DataFrame) -> pd.DataFrame:
+    return beats.assign(lv_vol_d_ul=teichholz_volume_ul(beats["lvid_d_mm"]),
+                        lv_vol_s_ul=teichholz_volume_ul(beats["lvid_s_mm"]))
 
 
 def beat_stats(beats: pd.DataFrame) -> dict[str, float]:

@@ -18,7 +18,13 @@ import pandas as pd
 
 from echodeploy.backend import Backend, check_model
 from echodeploy.client.backends.batching import Batcher
-from echodeploy.client.results.mmode_features import DEFAULT_MAX_BPM, beat_stats, beat_table, good_columns
+from echodeploy.client.results.mmode_features import (
+    DEFAULT_MAX_BPM,
+    beat_stats,
+    beat_table,
+    good_events,
+    window_columns,
+)
 from echodeploy.client.runs.inputs import read_table
 from echodeploy.client.runs.journal import write_csv_atomic
 from echodeploy.client.runs.runner import RunSummary, records_in_order, run_bulk
@@ -45,10 +51,13 @@ class MModeOptions:
     workers: int = 0
     max_bpm: float = DEFAULT_MAX_BPM
     bn_mode: str = "seed"
+    all_beats: bool = False  # --write all: every detected beat, low-quality events too
 
     def __post_init__(self):
         if self.write not in ("all", "stats"):
             raise EchodeployError(f"--write must be 'all' or 'stats', got {self.write!r}")
+        if self.all_beats and self.write != "all":
+            raise EchodeployError("--all-beats applies to the per-beat table: add --write all")
         if self.batch_size < 1 or self.workers < 0 or self.max_bpm <= 0:
             raise EchodeployError("--batch-size must be >= 1, --workers >= 0, --max-bpm > 0")
 
@@ -190,13 +199,14 @@ def _features(state: dict, probabilities: np.ndarray, out_dir: Path, options: MM
     """Beats and statistics of one file from its LVID profile and quality windows; figures."""
     record = state["record"]
     counts, row_sums, spans = state["counts"], state["row_sums"], state["spans"]
-    good_windows = probabilities > 0.5
-    good = good_columns(len(counts), spans, good_windows)
+    quality = window_columns(len(counts), spans, probabilities)
+    good = quality > 0.5
     lvid_mm = counts * state["mm_per_px"]
-    beats = beat_table(lvid_mm, state["seconds_per_px"], good, options.max_bpm)
-    record["stats"] = {"good_windows": int(good_windows.sum()), "windows": len(spans),
+    every_beat = beat_table(lvid_mm, state["seconds_per_px"], quality, options.max_bpm, all_events=True)
+    beats = good_events(every_beat)
+    record["stats"] = {"good_windows": int((probabilities > 0.5).sum()), "windows": len(spans),
                        "duration_s": round(len(counts) * state["seconds_per_px"], 4), **beat_stats(beats)}
-    record["beats"] = beats.to_dict("records")
+    record["beats"] = every_beat.to_dict("records")  # the journal keeps every beat; writing picks
     if options.figures:
         from echodeploy.client.results.mmode_figures import draw_figures
 
@@ -208,7 +218,8 @@ def _features(state: dict, probabilities: np.ndarray, out_dir: Path, options: MM
 
 
 def write_features(pipeline: MModePipeline, records: dict, out_dir: Path) -> list[Path]:
-    """features_stats.csv (a row per file) or features_all.csv (a row per good beat; failed files once)."""
+    """features_stats.csv (a row per file) or features_all.csv (a row per good beat, or per beat with
+    --all-beats, with each event's quality; failed files once)."""
     inputs = pipeline.inputs
     rows = records_in_order(pipeline, records)
     base = [{"file": f, "mass_g": m, "status": r.get("status"), "error": r.get("error", ""),
@@ -217,8 +228,10 @@ def write_features(pipeline: MModePipeline, records: dict, out_dir: Path) -> lis
     if pipeline.options.write == "stats":
         table = pd.DataFrame([{**b, **r.get("stats", {})} for b, r in zip(base, rows)])
     else:
-        table = pd.DataFrame([{**b, "beat": n, **beat} for b, r in zip(base, rows)
-                              for n, beat in (enumerate(r.get("beats") or [{}]))])
+        beats = [pd.DataFrame(r.get("beats") or [{}]) for r in rows]
+        beats = [b if pipeline.options.all_beats else good_events(b) for b in beats]
+        table = pd.DataFrame([{**b, "beat": n, **beat} for b, r in zip(base, beats)
+                              for n, beat in enumerate(r.to_dict("records") or [{}])])
     path = out_dir / f"features_{pipeline.options.write}.csv"
     write_csv_atomic(table, path)
     return [path]
