@@ -59,8 +59,8 @@ def view_model_ids(backend: Backend, views, tasks) -> dict[str, dict]:
     return ids
 
 
-def record_view_models(out_dir: Path, backend: Backend, views, tasks, study_model: Path | None = None) -> None:
-    """Write the run's view models to view_models.json; refuse a study model fitted on others (before inference)."""
+def served_view_models(backend: Backend, views, tasks, study_model: Path | None = None) -> dict[str, dict]:
+    """The served view models' ids; a study model fitted on other view models is refused (before inference)."""
     ids = view_model_ids(backend, views, tasks)
     if study_model is not None:
         model = load_study_model(study_model)
@@ -68,13 +68,20 @@ def record_view_models(out_dir: Path, backend: Backend, views, tasks, study_mode
             raise EchodeployError(f"study model {study_model} is for {model['task']}, which this run does not "
                                   f"predict (tasks: {', '.join(tasks)})")
         check_view_models(model, study_model, ids, "the served models")
+    return ids
+
+
+def write_study_outputs(out_dir: Path, view_models: dict[str, dict], study_model: Path | None, metrics: dict) -> dict:
+    """A cmr run's part: its view models to view_models.json, then the study model applied if one is given;
+    returns the run's metrics (with the study model's, if any)."""
     path = Path(out_dir) / VIEW_MODELS_FILE
-    if path.is_file() and (before := json.loads(path.read_text())) != ids:
-        changed = sorted(name for name in {*before, *ids} if before.get(name) != ids.get(name))
+    if path.is_file() and (before := json.loads(path.read_text())) != view_models:
+        changed = sorted(name for name in {*before, *view_models} if before.get(name) != view_models.get(name))
         log.warning("%s: %s differ from the view models this folder's earlier rows came from; finished rows are "
                     "not recomputed, so its predictions may mix models", out_dir, ", ".join(changed))
-    text = json.dumps(ids, indent=2)
+    text = json.dumps(view_models, indent=2)
     write_atomic(path, lambda tmp: tmp.write_text(text))
+    return apply_study_model(out_dir, study_model) if study_model is not None else metrics
 
 
 def check_view_models(model: dict, model_path: Path, found: dict[str, dict], where: str) -> None:

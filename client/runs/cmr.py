@@ -18,6 +18,7 @@ import pandas as pd
 from echodeploy.backend import Backend, check_model
 from echodeploy.client.backends.batching import Batcher
 from echodeploy.client.results.metrics import binary_metrics, regression_metrics
+from echodeploy.client.results.study_model import served_view_models, write_study_outputs
 from echodeploy.client.runs.inputs import STUDY, TARGET, target_values
 from echodeploy.client.runs.journal import write_atomic, write_csv_atomic
 from echodeploy.client.runs.runner import RunSummary, records_in_order, run_bulk
@@ -39,6 +40,7 @@ class CmrOptions:
     workers: int = 1
     fps: float | None = None
     target_task: str | None = None
+    study_model: Path | None = None  # adds <task>_study_prob to studies.csv (client/results/study_model.py)
 
     def __post_init__(self):
         if self.batch_size < 1 or self.workers < 0:
@@ -143,6 +145,7 @@ class CmrPipeline:
         self.paths = list(inputs["path"])
         self.read_ahead = options.batch_size
         self.untrained: list[str] = []
+        self.view_models: dict[str, dict] = {}
 
     def read_job(self, index: int):
         row = self.inputs.loc[index]
@@ -151,6 +154,7 @@ class CmrPipeline:
     def open(self, backend: Backend) -> CmrInference:
         inference = CmrInference(self, backend)
         self.untrained = inference.untrained
+        self.view_models = served_view_models(backend, self.views, self.options.tasks, self.options.study_model)
         return inference
 
     def write_outputs(self, records: dict[str, dict], out_dir: Path) -> RunSummary:
@@ -227,5 +231,6 @@ def write_outputs(pipeline: CmrPipeline, records: dict[str, dict], out_dir: Path
             metrics["untrained"] = bool(pipeline.untrained)
             written.append(out_dir / "metrics.json")
             write_atomic(written[-1], lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
+    metrics = write_study_outputs(out_dir, pipeline.view_models, options.study_model, metrics)
     return RunSummary(out_dir=out_dir, counted="rows", counts=predictions["status"].value_counts().to_dict(),
                       written=written, untrained=pipeline.untrained, metrics=metrics)
