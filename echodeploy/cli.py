@@ -45,6 +45,8 @@ BnMode = Annotated[str, typer.Option(
     help="M-mode BatchNorm: 'seed' (per-window statistics, what the published tool ran) or 'running'.")]
 ServerEnv = Annotated[Path, typer.Option(envvar="ECHODEPLOY_SERVER_ENV",
                                          help="Virtual environment of the local tritonserver (numpy 1.x).")]
+StudyModel = Annotated[Optional[Path], typer.Option(
+    help="Study model JSON (`echodeploy study-model fit`): adds <task>_study_prob to studies.csv.")]
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -181,6 +183,7 @@ def cmr(
     protocol: Protocol = "grpc",
     max_in_flight: MaxInFlight = 4,
     retry_seconds: RetrySeconds = 60,
+    study_model: StudyModel = None,
 ):
     """Predict CMR findings for every video of a manifest or folder."""
     from echodeploy.client.runs.cmr import CmrOptions, run_cmr
@@ -191,6 +194,7 @@ def cmr(
             tasks=parse_names("task", tasks, TASKS, PUBLISHED_TASKS), clips=clips, batch_size=batch_size,
             workers=workers, fps=fps,
             target_task=parse_names("task", target_task, TASKS, ())[0] if target_task else None,
+            study_model=study_model,
         )
         if view:
             parse_names("view", view, VIEWS, ())
@@ -246,10 +250,67 @@ def _print_summary(summary) -> None:
         elif "mae" in videos:
             typer.echo(f"{summary.metrics['task']}: MAE {videos['mae']:.3g}, RMSE {videos['rmse']:.3g}, "
                        f"r {videos['pearson_r']:.3f}, n={videos['n']}")
+    if "study_model" in summary.metrics:
+        _print_study_metrics(summary.metrics["study_model"], summary.metrics["kind"])
     if summary.untrained:
         typer.secho("WARNING: outputs come from UNTRAINED models (seeded random weights): they are not "
                     "predictions. Export real weights with `echodeploy export --weights-dir DIR`.",
                     fg="yellow", err=True)
+
+
+def _print_study_metrics(metrics: dict, kind: str) -> None:
+    from echodeploy.client.results.study_report import comparison_lines
+
+    typer.echo(f"study model: {metrics['scored']} of {metrics['studies']} studies scored ("
+               + ", ".join(f"{views} {n}" for views, n in metrics["by_views"].items()) + ")")
+    for line in comparison_lines(metrics, kind):
+        typer.echo(f"  {line}")
+
+
+study_app = typer.Typer(no_args_is_help=True, help="Study-level predictions: a GLM over the views' outputs.")
+app.add_typer(study_app, name="study-model")
+
+
+@study_app.command("fit")
+def study_model_fit(
+    runs: Annotated[list[Path], typer.Argument(help="Finished `echodeploy cmr` output folders with TARGET.")],
+    task: Annotated[str, typer.Option(help=f"Task to model ({', '.join(TASKS)}).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model JSON to write; the report goes beside it.")],
+    folds: Annotated[int, typer.Option(help="Cross-validation folds (stratified by TARGET for binary tasks).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
+):
+    """Fit a study model (logistic GLM over per-view mean logits; linear for regression tasks) on cmr runs."""
+    from echodeploy.client.results.study_model import fit_study_model, save_study_model
+    from echodeploy.client.results.study_report import write_report
+
+    try:
+        model = fit_study_model(runs, parse_names("task", task, TASKS, ())[0], folds, seed)
+        save_study_model(model, out)
+        report, text = write_report(model, out)
+    except EchodeployError as exc:
+        _fail(str(exc))
+    typer.echo(text)
+    typer.echo(f"wrote {out} and {report}" + (f" and {out.with_name(out.stem + '_reliability.png')}"
+                                              if model["kind"] == "binary" else ""))
+
+
+@study_app.command("apply")
+def study_model_apply(
+    run: Annotated[Path, typer.Argument(help="A finished `echodeploy cmr` output folder.")],
+    model: Annotated[Path, typer.Option(help="Study model JSON from `echodeploy study-model fit`.")],
+):
+    """Add a study model's predictions to a run's studies.csv (and its metrics to metrics.json with TARGET)."""
+    from echodeploy.client.results.study_model import apply_study_model, load_study_model, study_column
+
+    try:
+        task = load_study_model(model)["task"]
+        metrics = apply_study_model(run, model)
+    except EchodeployError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {study_column(task)} to {run / 'studies.csv'}")
+    if "study_model" in metrics:
+        _print_study_metrics(metrics["study_model"], metrics["kind"])
+        typer.echo(f"wrote {run / 'metrics.json'}")
 
 
 @app.command()
