@@ -154,6 +154,20 @@ def test_a_study_without_any_of_the_models_views_is_reported_unscored(tmp_path):
     assert studies.drop(index="S0003")["scar_study_views"].eq("A4C+A2C").all()
 
 
+def test_applying_leaves_unusable_targets_out_of_the_metrics(fitted, tmp_path):
+    """A run's bad TARGETs are warned about, never a failed output step: those studies are scored, not evaluated."""
+    path = tmp_path / "scar_study.json"
+    save_study_model(fitted[0], path)
+    new = generated_predictions(20, seed=4)
+    new["TARGET"] = new["TARGET"].astype(float)
+    new.loc[new["Study_Unique_ID"] == "S0001", "TARGET"] = 2
+    new.loc[new["Video_Unique_ID"] == "S0002_A4C_0", "TARGET"] = 1 - new.loc[new["Video_Unique_ID"] == "S0002_A4C_0",
+                                                                            "TARGET"]
+    run = write_run(tmp_path / "run", new, view_models())
+    metrics = apply_study_model(run, path)["study_model"]
+    assert metrics["scored"] == 20 and metrics["study_model"]["n"] == 18
+
+
 def test_regression_tasks_get_a_linear_model(tmp_path):
     run = write_run(tmp_path / "run", generated_predictions(300, weights={"A4C": 2.0, "A2C": -1.0}, intercept=5.0,
                                                            task="t1"),

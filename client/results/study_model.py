@@ -75,7 +75,11 @@ def write_study_outputs(out_dir: Path, view_models: dict[str, dict], study_model
     """A cmr run's part: its view models to view_models.json, then the study model applied if one is given;
     returns the run's metrics (with the study model's, if any)."""
     path = Path(out_dir) / VIEW_MODELS_FILE
-    if path.is_file() and (before := json.loads(path.read_text())) != view_models:
+    try:
+        before = read_json(path) if path.is_file() else view_models
+    except EchodeployError:
+        before = {}  # unreadable: rewritten below
+    if before != view_models:
         changed = sorted(name for name in {*before, *view_models} if before.get(name) != view_models.get(name))
         log.warning("%s: %s differ from the view models this folder's earlier rows came from; finished rows are "
                     "not recomputed, so its predictions may mix models", out_dir, ", ".join(changed))
@@ -118,13 +122,14 @@ def read_run(run_dir: Path, task: str) -> tuple[pd.DataFrame, dict[str, dict]]:
     if not ids_path.is_file():
         raise EchodeployError(f"{run_dir}: no {VIEW_MODELS_FILE} (made before runs recorded their view models): "
                               "rerun the same `echodeploy cmr` command on it; finished rows are not recomputed")
-    ids = json.loads(ids_path.read_text())
+    ids = read_json(ids_path)
     return predictions, {name: entry for name, entry in ids.items() if entry.get("task") == task}
 
 
-def study_table(predictions: pd.DataFrame, task: str, views) -> pd.DataFrame:
+def study_table(predictions: pd.DataFrame, task: str, views, strict: bool = True) -> pd.DataFrame:
     """Per study with an ok video of `views`: each view's mean logit (binary) or mean value, the
-    views it has ('A4C+PLAX'), the mean of its view-mean outputs (as studies.csv's all_views) and TARGET."""
+    views it has ('A4C+PLAX'), the mean of its view-mean outputs (as studies.csv's all_views) and TARGET
+    (unusable TARGETs are errors if `strict`, else left out)."""
     spec = TASKS[task]
     ok = predictions[(predictions["status"] == "ok") & predictions["view"].isin(views)]
     ok = ok[np.isfinite(ok[spec.output].astype(float))]
@@ -137,7 +142,7 @@ def study_table(predictions: pd.DataFrame, task: str, views) -> pd.DataFrame:
     table["views"] = [_views_name(v for v in views if pd.notna(row[v])) for _, row in table.iterrows()]
     table["mean_of_views"] = per_view[spec.output].mean().groupby(STUDY).mean()
     if TARGET in predictions.columns:
-        table[TARGET] = _study_targets(predictions, task).reindex(table.index)
+        table[TARGET] = _study_targets(predictions, task, strict).reindex(table.index)
     return table
 
 
@@ -150,19 +155,26 @@ def _views_name(views) -> str:
     return "+".join(views)
 
 
-def _study_targets(predictions: pd.DataFrame, task: str) -> pd.Series:
-    """TARGET per study; a study whose rows disagree, or a binary TARGET other than 0/1, is an error."""
+def _study_targets(predictions: pd.DataFrame, task: str, strict: bool) -> pd.Series:
+    """TARGET per study. A binary TARGET other than 0/1, or a study whose rows disagree, is an error
+    if `strict`; otherwise it is left out (NaN) with a warning."""
     target = predictions.assign(target=target_values(predictions[TARGET])).dropna(subset=["target"])
-    values = target.groupby(STUDY)["target"]
-    conflicting = values.nunique()
-    if (conflicting > 1).any():
-        study = conflicting[conflicting > 1].index[0]
-        raise EchodeployError(f"{(conflicting > 1).sum()} studies have rows with different TARGET values "
-                              f"(e.g. {study!r}: {', '.join(map(str, sorted(values.get_group(study).unique())))})")
     if TASKS[task].kind == "binary" and not target["target"].isin([0, 1]).all():
-        bad = target.loc[~target["target"].isin([0, 1]), "target"].iloc[0]
-        raise EchodeployError(f"TARGET must be 0 or 1 for binary task {task}, found {bad:g}")
-    return values.first()
+        bad = target.loc[~target["target"].isin([0, 1]), "target"]
+        if strict:
+            raise EchodeployError(f"TARGET must be 0 or 1 for binary task {task}, found {bad.iloc[0]:g}")
+        log.warning("TARGET: %d values other than 0/1 are left out of the study metrics", len(bad))
+        target = target.drop(index=bad.index)
+    values = target.groupby(STUDY)["target"]
+    conflicting = values.nunique() > 1
+    if conflicting.any():
+        study = conflicting.idxmax()
+        message = (f"{conflicting.sum()} studies have rows with different TARGET values (e.g. {study!r}: "
+                   f"{', '.join(f'{v:g}' for v in sorted(values.get_group(study).unique()))})")
+        if strict:
+            raise EchodeployError(message)
+        log.warning("%s; they are left out of the study metrics", message)
+    return values.first().where(~conflicting)
 
 
 def combine_runs(run_dirs, task: str) -> tuple[pd.DataFrame, dict[str, dict]]:
@@ -174,14 +186,14 @@ def combine_runs(run_dirs, task: str) -> tuple[pd.DataFrame, dict[str, dict]]:
             raise EchodeployError(f"{run_dir}: its predictions have no TARGET column: fitting needs the label "
                                   "of each study (a TARGET column in the cmr manifest)")
         metrics_path = Path(run_dir) / "metrics.json"
-        target_task = json.loads(metrics_path.read_text()).get("task") if metrics_path.is_file() else None
+        target_task = read_json(metrics_path).get("task") if metrics_path.is_file() else None
         if target_task != task:
             raise EchodeployError(f"{run_dir}: its TARGET is for {target_task or 'no task'} "
                                   f"({'metrics.json says so' if target_task else 'several tasks ran without --target-task'})"
                                   f", not {task}")
         for name, entry in ids.items():
             if name in view_models and entry != view_models[name]:
-                key = next(k for k in IDENTITY if entry.get(k) != view_models[name].get(k))
+                key = next((k for k in IDENTITY if entry.get(k) != view_models[name].get(k)), "view")
                 raise EchodeployError(f"runs {source[name]} and {run_dir} used different {name} ({key} "
                                       f"{view_models[name].get(key)!r} vs {entry.get(key)!r})")
             view_models.setdefault(name, entry)
@@ -379,14 +391,22 @@ def save_study_model(model: dict, path: Path) -> None:
     write_atomic(Path(path), lambda tmp: tmp.write_text(text))
 
 
-def load_study_model(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object from a file, or one readable error."""
     try:
-        model = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except OSError as exc:
         raise EchodeployError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     except ValueError as exc:
         raise EchodeployError(f"{path}: not JSON ({exc})") from exc
-    if not isinstance(model, dict) or model.get("format") != FORMAT:
+    if not isinstance(data, dict):
+        raise EchodeployError(f"{path}: not a JSON object")
+    return data
+
+
+def load_study_model(path: Path) -> dict:
+    model = read_json(path)
+    if model.get("format") != FORMAT:
         raise EchodeployError(f"{path}: not a study model (expected format {FORMAT}; "
                               "make one with `echodeploy study-model fit`)")
     return model
@@ -405,7 +425,7 @@ def apply_study_model(run_dir: Path, model_path: Path) -> dict:
     task, kind = model["task"], model["kind"]
     predictions, ids = read_run(run_dir, task)
     check_view_models(model, model_path, ids, f"run {run_dir}")
-    table = study_table(predictions, task, tuple(model["views"]))
+    table = study_table(predictions, task, tuple(model["views"]), strict=False)
     scored = score(model["submodels"], table, kind)
     studies = read_table(run_dir / "studies.csv", {STUDY: str})
     studies[STUDY] = studies[STUDY].fillna("")
@@ -415,7 +435,7 @@ def apply_study_model(run_dir: Path, model_path: Path) -> dict:
     studies[f"{task}_study_views"] = studies[STUDY].map(scored["views_used"]).where(rows).fillna("")
     write_csv_atomic(studies, run_dir / "studies.csv")
     metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
     if metrics.get("task") != task:
         return metrics
     studies_scored = scored["prediction"].notna()
