@@ -30,7 +30,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationError, PerfectSeparationWarning
 
 from echodeploy.backend import Backend
-from echodeploy.client.results.metrics import binary_metrics, regression_metrics, roc_auc
+from echodeploy.client.results.metrics import binary_metrics, rank_auc, regression_metrics, roc_auc
 from echodeploy.client.runs.inputs import STUDY, TARGET, VIDEO, read_table, target_values
 from echodeploy.client.runs.journal import write_atomic, write_csv_atomic
 from echodeploy.errors import EchodeployError
@@ -293,7 +293,7 @@ def _paired_auc_difference(y, a, b, n_bootstrap: int = N_BOOTSTRAP, seed: int = 
     if np.isnan(estimate):
         return {"estimate": estimate}
     samples = np.random.default_rng(seed).integers(0, len(y), size=(n_bootstrap, len(y)))
-    diffs = np.array([roc_auc(y[s], a[s]) - roc_auc(y[s], b[s]) for s in samples])
+    diffs = np.array([rank_auc(y[s], a[s]) - rank_auc(y[s], b[s]) for s in samples])
     diffs = diffs[~np.isnan(diffs)]
     return {"estimate": float(estimate), "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]}
 
