@@ -12,9 +12,10 @@ import torch
 from echodeploy.errors import CheckpointError
 from echodeploy.export.calibration import calibration_feeds, reestimate_batchnorm
 from echodeploy.export.checkpoints import load_strict, read_checkpoint, strip_prefix
-from echodeploy.export.onnx_export import ExportReport, ServedClipModel, export_metadata, is_current
+from echodeploy.export.onnx_export import ExportReport, export_metadata, is_current
 from echodeploy.export.precision import export_at_precision
 from echodeploy.export.r2plus1d import R2Plus1D18
+from echodeploy.export.served import ServedClipModel
 from echodeploy.repository import model_file
 from echodeploy.specs import TASKS, VIEWS, ModelSpec, cmr_model
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from echodeploy.errors import CheckpointError, ExportError
 from echodeploy.export.calibration import calibration_feeds, reestimate_batchnorm
@@ -25,40 +25,12 @@ from echodeploy.export.checkpoints import load_strict, read_checkpoint
 from echodeploy.export.onnx_export import ExportReport, export_metadata, is_current
 from echodeploy.export.precision import export_at_precision
 from echodeploy.export.quicknat import QuickNAT
+from echodeploy.export.served import ServedLvidProfile, ServedQuality
 from echodeploy.repository import model_file
 from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, ModelSpec, mmode_model
 
 MASK_AGREEMENT = 0.999  # fraction of mask pixels ONNX and torch must agree on
 LOGIT_RTOL = 0.05  # logit tolerance relative to the largest logit (max-pool ties move blobs)
-
-
-class ServedQuality(nn.Module):
-    """Grey window 0..255 -> (x/255 - 0.5)/0.5 -> CardioNet -> probability (N, 1)."""
-
-    def __init__(self, net: CardioNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, window: Tensor) -> Tensor:
-        return self.net((window / 255.0 - 0.5) / 0.5).unsqueeze(1)
-
-
-class ServedLvidProfile(nn.Module):
-    """Grey window 0..255 -> QuickNAT -> mask (sigmoid >= 0.5 rounded, i.e. logit > 0) -> weighted row sums.
-
-    profile[n, k, c] = sum_r weights[n, k, r] * mask[n, r, c]: with the weights of a nearest
-    resize to height H, the per-column pixel counts (k=0) and row-index sums (k=1) of the
-    resized mask.
-    """
-
-    def __init__(self, net: QuickNAT):
-        super().__init__()
-        self.net = net
-
-    def forward(self, window: Tensor, profile_weights: Tensor) -> Tensor:
-        mask = (self.net(window) > 0).to(profile_weights.dtype).squeeze(1)
-        with torch.autocast(window.device.type, enabled=False):  # row sums stay exact under bf16 autocast
-            return torch.bmm(profile_weights, mask)
 
 
 def load_cardionet(path: Path, bn_mode: str) -> CardioNet:

@@ -1,7 +1,7 @@
 """ONNX export with validation built in: a file that fails parity is never left behind.
 
-The exported graph takes the client's uint8 clip batch and does the server-side
-normalisation itself (uint8 -> float /255 -> network -> sigmoid for binary tasks).
+The exported graph is the served module (`export.served`): it takes the client's uint8 clip
+batch and does the server-side normalisation itself.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from echodeploy.errors import ExportError
 from echodeploy.export.checkpoints import sha256
@@ -23,19 +23,6 @@ from echodeploy.specs import ModelSpec
 OPSET = 17
 PARITY_ATOL = 1e-4
 VALIDATION_BATCHES = (1, 3)
-
-
-class ServedClipModel(nn.Module):
-    """uint8 (N,C,T,H,W) clip -> probability (binary) or value (regression), shape (N,1)."""
-
-    def __init__(self, net: nn.Module, kind: str):
-        super().__init__()
-        self.net = net
-        self.binary = kind == "binary"
-
-    def forward(self, clip: Tensor) -> Tensor:
-        logits = self.net(clip.float() / 255.0)
-        return torch.sigmoid(logits) if self.binary else logits
 
 
 @dataclass(frozen=True)

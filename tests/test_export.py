@@ -6,7 +6,8 @@ import torch
 
 from echodeploy.errors import ExportError
 from echodeploy.export.cmr import export_cmr_models, seeded_network
-from echodeploy.export.onnx_export import OPSET, ServedClipModel, validate
+from echodeploy.export.onnx_export import OPSET, validate
+from echodeploy.export.served import ServedClipModel
 from echodeploy.repository import model_file
 from echodeploy.specs import TASKS, cmr_model
 
