@@ -84,17 +84,22 @@ def _ort_matmul(n: int):
     return lambda: session.run(None, feeds)
 
 
-def matmul_peak_gflops(dtype: str = "float32", sizes: tuple[int, ...] = (2048, 4096), repeats: int = 5) -> float:
-    """This machine's best square matmul rate in GFLOP/s over `sizes`: torch's, and for float32
-    also ONNX Runtime's (whichever library is faster here sets the peak)."""
+def matmul_peak_gflops(dtype: str = "float32", sizes: tuple[int, ...] = (2048, 4096), repeats: int = 5,
+                       device: str = "cpu") -> float:
+    """The best square matmul rate in GFLOP/s over `sizes` on `device`: torch's, and for float32
+    on the CPU also ONNX Runtime's (whichever library is faster here sets the peak)."""
     import torch
 
     best = 0.0
     for n in sizes:
-        a, b = (torch.randn(n, n).to(getattr(torch, dtype)) for _ in range(2))
-        seconds = _best_seconds(lambda: torch.mm(a, b), repeats)
-        if dtype == "float32":
-            seconds = min(seconds, _best_seconds(_ort_matmul(n), repeats))
+        a, b = (torch.randn(n, n, device=device).to(getattr(torch, dtype)) for _ in range(2))
+        if device == "cpu":
+            seconds = _best_seconds(lambda: torch.mm(a, b), repeats)
+            if dtype == "float32":
+                seconds = min(seconds, _best_seconds(_ort_matmul(n), repeats))
+        else:  # ten products per timing, so that launch and synchronisation do not count
+            seconds = _best_seconds(lambda: [torch.mm(a, b) for _ in range(10)] and torch.cuda.synchronize(),
+                                    repeats) / 10
         best = max(best, 2 * n**3 / seconds / 1e9)
     return best
 
@@ -181,17 +186,9 @@ def server_deltas(before: dict, after: dict) -> dict[str, dict[str, float]]:
 
 def torch_module(spec: ModelSpec, weights_dir: Path | None, seed: int):
     """The served torch module of `spec` from the user's checkpoints, or seeded weights."""
-    if spec.family == "cmr":
-        from echodeploy.export.cmr import cmr_network, find_checkpoints
+    from echodeploy.export.torch_backend import served_module
 
-        checkpoint = find_checkpoints(weights_dir).get((spec.view, spec.task)) if weights_dir else None
-        if weights_dir and checkpoint is None:
-            raise EchodeployError(f"no checkpoint for {spec.name} in {weights_dir}")
-        return cmr_network(spec, checkpoint, seed)
-    from echodeploy.export.mmode import MMODE_NETWORKS, mmode_network
-
-    checkpoint = Path(weights_dir) / MMODE_NETWORKS[spec.name].checkpoint if weights_dir else None
-    return mmode_network(spec, checkpoint, seed)
+    return served_module(spec, weights_dir, seed)[0]
 
 
 def export_repository(repository: Path, specs: list[ModelSpec], precision: str, config: BenchConfig) -> None:

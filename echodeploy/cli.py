@@ -33,7 +33,8 @@ Tasks = Annotated[Optional[str], typer.Option(
 Seed = Annotated[int, typer.Option(help="Seed of the random weights used when no checkpoint is given.")]
 BatchSize = Annotated[int, typer.Option(help="Clips per inference request (the seed used 10).")]
 Workers = Annotated[int, typer.Option(help="Decoding worker processes (0: decode in the main process).")]
-BackendName = Annotated[str, typer.Option("--backend", help="'onnxruntime' (embedded, default) or 'triton'.")]
+BackendName = Annotated[str, typer.Option(
+    "--backend", help="'onnxruntime' (embedded, default), 'triton', or 'torch' (PyTorch in this process, CPU or GPU).")]
 Urls = Annotated[Optional[list[str]], typer.Option(
     "--url", envvar="ECHODEPLOY_TRITON_URL",
     help="Triton server HOST:PORT (repeat to spread requests over several servers).")]
@@ -43,6 +44,16 @@ RetrySeconds = Annotated[float, typer.Option(
     help="How long to retry a Triton server that is down, restarting or overloaded before the run stops.")]
 BnMode = Annotated[str, typer.Option(
     help="M-mode BatchNorm: 'seed' (per-window statistics, what the published tool ran) or 'running'.")]
+TorchWeights = Annotated[Optional[Path], typer.Option(
+    "--weights-dir", help="--backend torch: folder of published checkpoints (as for export).")]
+TorchUntrained = Annotated[bool, typer.Option(
+    "--untrained", help="--backend torch: seeded random weights, the same as `export --untrained --seed`.")]
+TorchDevice = Annotated[Optional[str], typer.Option(help="--backend torch: 'cpu' (default) or 'cuda' ('cuda:N').")]
+TorchPrecision = Annotated[Optional[str], typer.Option(
+    help="--backend torch: fp32 (default), bf16 or fp16 (autocast, channels-last).")]
+TorchGraph = Annotated[Optional[str], typer.Option(
+    help="--backend torch: 'eager' (default), 'cuda-graph' (CUDA: one graph per batch shape) or 'compile' "
+         "(torch.compile); the latter two pad every batch to --batch-size.")]
 ServerEnv = Annotated[Path, typer.Option(envvar="ECHODEPLOY_SERVER_ENV",
                                          help="Virtual environment of the local tritonserver (numpy 1.x).")]
 StudyModel = Annotated[Optional[Path], typer.Option(
@@ -76,8 +87,9 @@ def export(
     seed: Seed = 0,
     force: Annotated[bool, typer.Option(help="Re-export even if an identical model exists.")] = False,
     target: Annotated[str, typer.Option(
-        help="Triton configs: 'cpu' (Python backend on ONNX Runtime, portable) or 'gpu' "
-             "(ONNX Runtime backend with TensorRT FP16, for NGC tritonserver).")] = "cpu",
+        help="Triton configs: 'cpu' (Python backend on ONNX Runtime, portable), 'gpu' "
+             "(ONNX Runtime backend with TensorRT FP16, for NGC tritonserver) or 'gpu-torch' "
+             "(Python backend running the torch models on the GPU, CPU if none; any tritonserver).")] = "cpu",
     max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size of every model.")] = 8,
     instances: Annotated[int, typer.Option(help="Triton instances per model.")] = 1,
     tensorrt: Annotated[bool, typer.Option(help="Also build TensorRT plans (needs trtexec; gpu target).")] = False,
@@ -96,8 +108,8 @@ def export(
     try:
         if (weights_dir is None) == (not untrained):
             raise EchodeployError("pass --weights-dir DIR, or --untrained for seeded random weights")
-        if target not in ("cpu", "gpu"):
-            raise EchodeployError(f"--target must be cpu or gpu, got {target!r}")
+        if target not in ("cpu", "gpu", "gpu-torch"):
+            raise EchodeployError(f"--target must be cpu, gpu or gpu-torch, got {target!r}")
         if tensorrt and target != "gpu":
             raise EchodeployError("--tensorrt builds plans for the gpu target: add --target gpu")
         if tensorrt:
@@ -114,15 +126,16 @@ def export(
                     precision, calibration)
         if "mmode" in chosen:
             _export_mmode(repository, weights_dir, bn_mode, seed, force, precision, calibration)
-        _write_triton(repository, target, max_batch_size, instances, tensorrt)
+        _write_triton(repository, target, max_batch_size, instances, tensorrt, weights_dir, seed)
     except EchodeployError as exc:
         _fail(str(exc))
 
 
-def _write_triton(repository: Path, target: str, max_batch_size: int, instances: int, tensorrt: bool) -> None:
+def _write_triton(repository: Path, target: str, max_batch_size: int, instances: int, tensorrt: bool,
+                  weights_dir: Path | None = None, seed: int = 0) -> None:
     from echodeploy.export.triton.repository import write_triton_repository
 
-    names = write_triton_repository(repository, target, max_batch_size, instances)
+    names = write_triton_repository(repository, target, max_batch_size, instances, weights_dir, seed)
     typer.echo(f"Triton {target} repository: {', '.join(names)} in {repository}")
     if tensorrt:
         from echodeploy.export.triton.tensorrt import build_plans
@@ -184,6 +197,12 @@ def cmr(
     max_in_flight: MaxInFlight = 4,
     retry_seconds: RetrySeconds = 60,
     study_model: StudyModel = None,
+    weights_dir: TorchWeights = None,
+    untrained: TorchUntrained = False,
+    seed: Seed = 0,
+    device: TorchDevice = None,
+    precision: TorchPrecision = None,
+    graph: TorchGraph = None,
 ):
     """Predict CMR findings for every video of a manifest or folder."""
     from echodeploy.client.runs.cmr import CmrOptions, run_cmr
@@ -198,15 +217,46 @@ def cmr(
         )
         if view:
             parse_names("view", view, VIEWS, ())
+        settings = torch_options(backend, weights_dir, untrained, seed, device, precision, graph, batch_size)
         inputs = read_inputs(source, view, data_root, allow_outside_root)
-        engine = make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds)
+        engine = make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds, settings)
         _run_bulk(lambda b: run_cmr(inputs, b, out, options), engine, out)
     except EchodeployError as exc:
         _fail(str(exc))
 
 
-def make_backend(name: str, repository: Path, urls, protocol: str, max_in_flight: int, retry_seconds: float = 60):
-    """The embedded ONNX Runtime backend, or a Triton client for the given servers."""
+def torch_options(backend: str, weights_dir: Path | None, untrained: bool, seed: int, device: str | None,
+                  precision: str | None, graph: str | None, batch_size: int, bn_mode: str = "seed") -> dict | None:
+    """Settings of `--backend torch` (None for other backends, which refuse torch-only options)."""
+    if backend != "torch":
+        given = [option for option, value in (("--weights-dir", weights_dir), ("--untrained", untrained),
+                                              ("--device", device), ("--precision", precision), ("--graph", graph))
+                 if value]
+        if given:
+            raise EchodeployError(f"{', '.join(given)}: only with --backend torch (other backends read "
+                                  "the exported models of --repository)")
+        return None
+    if (weights_dir is None) == (not untrained):
+        raise EchodeployError("--backend torch: pass --weights-dir DIR, or --untrained for seeded random weights")
+    device = device or "cpu"
+    fixed = device != "cpu" or (graph or "eager") != "eager"  # fixed shapes: graphs and compiled kernels replay
+    return {"weights_dir": weights_dir, "seed": seed, "bn_mode": bn_mode, "device": device,
+            "precision": precision or "fp32", "graph": graph or "eager", "fixed_batch": batch_size if fixed else 0}
+
+
+def make_backend(name: str, repository: Path, urls, protocol: str, max_in_flight: int, retry_seconds: float = 60,
+                 torch: dict | None = None):
+    """The embedded ONNX Runtime backend, a Triton client for the given servers, or PyTorch
+    in this process (`torch`: the settings from `torch_options`)."""
+    if name == "torch":
+        if torch is None:
+            raise EchodeployError("--backend torch runs `cmr` and `mmode` only")
+        from echodeploy.export.torch_backend import TorchBackend, checkpoint_loader
+
+        loader = checkpoint_loader(torch["weights_dir"], torch["seed"], torch["bn_mode"], torch["precision"])
+        return TorchBackend(precision=torch["precision"], untrained=torch["weights_dir"] is None,
+                            device=torch["device"], graph=torch["graph"], fixed_batch=torch["fixed_batch"],
+                            loader=loader)
     if name == "onnxruntime":
         from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -217,7 +267,7 @@ def make_backend(name: str, repository: Path, urls, protocol: str, max_in_flight
         from echodeploy.client.backends.triton import TritonBackend
 
         return TritonBackend(urls, protocol=protocol, max_in_flight=max_in_flight, retry_seconds=retry_seconds)
-    raise EchodeployError(f"unknown backend {name!r}; known: onnxruntime, triton")
+    raise EchodeployError(f"unknown backend {name!r}; known: onnxruntime, triton, torch")
 
 
 def _run_bulk(run, backend, out: Path) -> None:
@@ -336,6 +386,12 @@ def mmode(
     protocol: Protocol = "grpc",
     max_in_flight: MaxInFlight = 4,
     retry_seconds: RetrySeconds = 60,
+    weights_dir: TorchWeights = None,
+    untrained: TorchUntrained = False,
+    seed: Seed = 0,
+    device: TorchDevice = None,
+    precision: TorchPrecision = None,
+    graph: TorchGraph = None,
 ):
     """LVID in diastole/systole, LV volume and heart rate from mouse M-mode DICOMs (good-quality beats)."""
     from echodeploy.client.results.mmode_features import DEFAULT_MAX_BPM
@@ -344,8 +400,9 @@ def mmode(
     try:
         options = MModeOptions(write=write, figures=figures, batch_size=batch_size, workers=workers,
                                max_bpm=max_bpm or DEFAULT_MAX_BPM, bn_mode=bn_mode, all_beats=all_beats)
+        settings = torch_options(backend, weights_dir, untrained, seed, device, precision, graph, batch_size, bn_mode)
         inputs = read_mmode_inputs(source, mass, mass_csv)
-        engine = make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds)
+        engine = make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds, settings)
         _run_bulk(lambda b: run_mmode(inputs, b, out, options), engine, out)
     except EchodeployError as exc:
         _fail(str(exc))
@@ -440,16 +497,20 @@ def serve(
     server_env: ServerEnv = DEFAULT_SERVER_ENV,
     setup: Annotated[bool, typer.Option(help="Create the server environment if missing.")] = True,
 ):
-    """Serve the cpu-target repository with a local tritonserver until Ctrl-C."""
+    """Serve a cpu- or gpu-torch-target repository with a local tritonserver until Ctrl-C."""
     import time
 
-    from echodeploy.client.backends.server import TritonServer, ensure_server_env
+    from echodeploy.client.backends.server import TritonServer, ensure_server_env, has_torch
 
     try:
         if not (repository / "TARGET").exists():
             raise EchodeployError(f"{repository} has no Triton configs: run `echodeploy export ... --target cpu`")
+        torch_models = (repository / "TARGET").read_text().strip() == "gpu-torch"
         if setup:
-            ensure_server_env(server_env)
+            ensure_server_env(server_env, torch=torch_models)
+        elif torch_models and not has_torch(server_env):
+            raise EchodeployError(f"{repository} is a gpu-torch repository and {server_env} has no torch: "
+                                  "drop --no-setup, or install torch there")
         server = TritonServer(repository, env=server_env, host=host, http_port=http_port,
                               grpc_port=grpc_port, metrics_port=metrics_port)
         with server:
@@ -524,3 +585,40 @@ def bench(
         _fail(str(exc))
     typer.echo(console(result))
     typer.echo(f"report: {out / 'bench.md'}, {out / 'bench.json'}, plots {out}/*.png")
+
+
+@app.command("gpu-bench")
+def gpu_bench(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (gpu.json, gpu.md).")] = Path("gpu_bench"),
+    device: Annotated[str, typer.Option(help="'auto' (cuda when torch sees a GPU), 'cuda', 'cuda:N' or 'cpu'.")]
+        = "auto",
+    models: Annotated[str, typer.Option(help="Comma-separated: cmr_a4c_scar, mmode_lvid, mmode_quality.")]
+        = "cmr_a4c_scar,mmode_lvid,mmode_quality",
+    weights_dir: Annotated[Optional[Path], typer.Option(
+        help="Published checkpoints (default: seeded random weights, as export --untrained).")] = None,
+    budget: Annotated[Optional[float], typer.Option(
+        help="Seconds after which remaining points are skipped (default 450 on a GPU, 300 on a CPU).")] = None,
+):
+    """The torch GPU path measured in one folder: matmul peaks, seed path vs bf16/fp16 channels-last with
+    and without CUDA graphs / compile over batch 1..256, roofline, memory, agreement, files/s vs decode
+    workers. On a CPU: a reduced form, and the list of what it cannot produce."""
+    import torch
+
+    from echodeploy.benchmarks.gpu import GpuBenchConfig, reduced_config, run_gpu_bench
+
+    try:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        names = tuple(m.strip().lower() for m in models.split(",") if m.strip())
+        config = reduced_config(names) if device == "cpu" else GpuBenchConfig(device=device, models=names)
+        if weights_dir is not None:
+            config.weights_dir = weights_dir
+        if budget is not None:
+            config.budget_s = budget
+        command = "echodeploy gpu-bench " + " ".join(sys.argv[2:])
+        result = run_gpu_bench(config, out, command, progress=lambda line: typer.echo(line, err=True))
+    except EchodeployError as exc:
+        _fail(str(exc))
+    for line in result["targets"] + [f"not produced on a CPU: {line}" for line in result["not_produced"]]:
+        typer.echo(line)
+    typer.echo(f"report: {out / 'gpu.md'}, {out / 'gpu.json'} ({result['seconds']:.0f} s)")
