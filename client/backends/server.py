@@ -25,6 +25,7 @@ from echodeploy.errors import BackendError
 
 DEFAULT_SERVER_ENV = Path(".venv-server")
 SERVER_REQUIREMENTS = ("nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime>=1.18")
+SERVER_TORCH = ("torch==2.13.0", "numpy<2")  # the gpu-torch target's models; pinned as in the Makefile
 LOOPBACK = "127.0.0.1"
 
 
@@ -34,15 +35,22 @@ def free_port(host: str = LOOPBACK) -> int:
         return s.getsockname()[1]
 
 
-def ensure_server_env(env: Path = DEFAULT_SERVER_ENV) -> Path:
-    """Create the server's virtual environment once (numpy 1.x, nvidia-pytriton, onnxruntime)."""
+def has_torch(env: Path) -> bool:
+    return subprocess.run([str(Path(env) / "bin" / "python"), "-c", "import torch"], capture_output=True).returncode == 0
+
+
+def ensure_server_env(env: Path = DEFAULT_SERVER_ENV, torch: bool = False) -> Path:
+    """Create the server's virtual environment once (numpy 1.x, nvidia-pytriton, onnxruntime);
+    `torch` adds PyTorch for gpu-torch repositories when the environment lacks it."""
     env = Path(env).absolute()
-    if (env / ".installed").exists():
-        return env
-    print(f"creating the Triton server environment in {env} (one time)", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
-    subprocess.run([str(env / "bin" / "pip"), "install", "--quiet", *SERVER_REQUIREMENTS], check=True)
-    (env / ".installed").touch()
+    if not (env / ".installed").exists():
+        print(f"creating the Triton server environment in {env} (one time)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+        subprocess.run([str(env / "bin" / "pip"), "install", "--quiet", *SERVER_REQUIREMENTS], check=True)
+        (env / ".installed").touch()
+    if torch and not has_torch(env):
+        print(f"adding torch to the Triton server environment in {env} (one time)", file=sys.stderr)
+        subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", *SERVER_TORCH], check=True)
     return env
 
 

@@ -1,9 +1,11 @@
 """Triton model repository: one `config.pbtxt` per exported model plus per-view ensembles.
 
-Two targets with the same model names, tensors and metadata, so a client cannot tell them
+Three targets with the same model names, tensors and metadata, so a client cannot tell them
 apart: `gpu` (NGC tritonserver: ONNX Runtime backend with the TensorRT accelerator, FP16,
-engine and timing caches) and `cpu` (portable: Python-backend models running the same
-ONNX files on ONNX Runtime). Configs are built as dicts and parsed through Triton's own
+engine and timing caches), `cpu` (portable: Python-backend models running the same
+ONNX files on ONNX Runtime) and `gpu-torch` (any tritonserver with the Python backend, such
+as nvidia-pytriton's: Python-backend models running the same weights in PyTorch on the
+GPU, or the CPU where there is none; tensors through DLPack). Configs are built as dicts and parsed through Triton's own
 `ModelConfig` protobuf, so a schema error fails here, not in the server.
 """
 
@@ -14,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Literal
 
+import torch
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
@@ -22,8 +25,13 @@ from echodeploy.export.onnx_export import read_metadata
 from echodeploy.repository import MODEL_FILENAME, VERSION
 from echodeploy.specs import ModelSpec, cmr_model, mmode_model, view_ensemble_name
 
-Target = Literal["cpu", "gpu"]
+Target = Literal["cpu", "gpu", "gpu-torch"]
+TARGETS = ("cpu", "gpu", "gpu-torch")
 ADAPTER = Path(__file__).with_name("onnx_model.py")
+TORCH_ADAPTER = Path(__file__).with_name("torch_model.py")
+NETWORKS = "echodeploy_networks"  # the torch-only modules the gpu-torch adapter imports
+NETWORK_SOURCES = ("r2plus1d.py", "cardionet.py", "quicknat.py", "served.py")
+TORCH_WEIGHTS = "model.pt"
 TRT_CACHE = "/trt_cache"  # persistent volume in docker-compose.yml
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}
 
@@ -68,6 +76,14 @@ def model_config(spec: ModelSpec, metadata: dict[str, str], target: Target, max_
         config["backend"] = "python"
         config["instance_group"] = [{"kind": "KIND_CPU", "count": instances}]
         return config
+    if target == "gpu-torch":
+        config["backend"] = "python"
+        # KIND_MODEL: the adapter picks the device (the GPU, or the CPU when there is none)
+        config["instance_group"] = [{"kind": "KIND_MODEL", "count": instances}]
+        config["parameters"].update(_parameters({"echodeploy.precision": "fp32", "torch_precision": "fp32",
+                                                 "FORCE_CPU_ONLY_INPUT_TENSORS": "no"}))
+        return config
+
     def profile(batch: int) -> str:
         return ",".join(f"{t.name}:{batch}x{'x'.join(map(str, t.shape))}" for t in spec.inputs)
 
@@ -130,10 +146,38 @@ def exported_models(repository: Path) -> list[tuple[ModelSpec, dict[str, str]]]:
     return found
 
 
+def write_torch_files(folder: Path, spec: ModelSpec, metadata: dict[str, str], weights_dir: Path | None,
+                      seed: int) -> None:
+    """The gpu-torch model folder: adapter, network code and the served module's state dict,
+    from the same weights as the ONNX file beside it (refused when they differ)."""
+    from echodeploy.export.onnx_export import export_metadata
+    from echodeploy.export.torch_backend import served_module
+
+    module, checkpoint = served_module(spec, weights_dir, seed)
+    declared = {k: v for k, v in metadata.items() if k != "echodeploy.agreement"}
+    if export_metadata(spec, checkpoint, seed, metadata.get("echodeploy.precision", "fp32")) != declared:
+        source = f"--weights-dir {weights_dir}" if weights_dir else f"--untrained --seed {seed}"
+        raise ExportError(f"{spec.name}: the exported ONNX model was not made from {source}; export it again "
+                          "with the same weights options")
+    shutil.copyfile(TORCH_ADAPTER, folder / "model.py")
+    networks = folder / NETWORKS
+    networks.mkdir(exist_ok=True)
+    (networks / "__init__.py").write_text("")
+    for name in NETWORK_SOURCES:
+        shutil.copyfile(Path(__file__).parents[1] / name, networks / name)
+    torch.save(module.state_dict(), folder / TORCH_WEIGHTS)
+
+
 def write_triton_repository(repository: Path, target: Target, max_batch_size: int = 8,
-                            instances: int = 1) -> list[str]:
-    """Write configs (and the CPU adapter) for every exported model and view ensemble."""
+                            instances: int = 1, weights_dir: Path | None = None, seed: int = 0) -> list[str]:
+    """Write configs (and the adapters) for every exported model and view ensemble.
+
+    `gpu-torch` also writes each model's torch weights, rebuilt from `weights_dir` (or the
+    seed of untrained models) and checked against the ONNX file's metadata.
+    """
     repository = Path(repository)
+    if target not in TARGETS:
+        raise ExportError(f"unknown Triton target {target!r}; known: {', '.join(TARGETS)}")
     models = exported_models(repository)
     if not models:
         raise ExportError(f"{repository}: no exported models; run `echodeploy export` first")
@@ -143,11 +187,15 @@ def write_triton_repository(repository: Path, target: Target, max_batch_size: in
         folder = repository / spec.name
         (folder / "config.pbtxt").write_text(
             render_config(model_config(spec, metadata, target, max_batch_size, instances)))
-        adapter = folder / VERSION / "model.py"
+        version = folder / VERSION
+        adapter = version / "model.py"
+        adapter.unlink(missing_ok=True)
+        (version / TORCH_WEIGHTS).unlink(missing_ok=True)
+        shutil.rmtree(version / NETWORKS, ignore_errors=True)
         if target == "cpu":
             shutil.copyfile(ADAPTER, adapter)
-        else:
-            adapter.unlink(missing_ok=True)
+        elif target == "gpu-torch":
+            write_torch_files(version, spec, metadata, weights_dir, seed)
         if spec.family == "cmr":
             by_view[spec.view].append((spec, metadata))
         written.append(spec.name)
