@@ -75,8 +75,8 @@ def checkpoint_loader(weights_dir: Path | None, seed: int = 0, bn_mode: str = "s
 
 
 def precision_agreement(backend: TorchBackend, spec: ModelSpec, module: nn.Module, items: int = 8) -> dict:
-    """`backend`'s outputs against fp32 eager of the same module on the same device, on held-out
-    generated inputs (the agreement report `export --precision` stores)."""
+    """`backend`'s outputs against fp32 eager of the same module on the same device (TF32
+    convolutions off), on held-out generated inputs (the agreement report `export --precision` stores)."""
     from echodeploy.agreement import compare_outputs
     from echodeploy.export.calibration import calibration_feeds
     from echodeploy.export.precision import AGREEMENT_SEED, comparable_feeds, comparable_output
@@ -85,7 +85,9 @@ def precision_agreement(backend: TorchBackend, spec: ModelSpec, module: nn.Modul
     feeds = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
     reference = TorchBackend({spec.name: (spec, module)}, device=str(backend.device))
     output = spec.outputs[0].name
-    fp32, variant = (comparable_output(spec, b.infer(spec.name, feeds, [output])[output]) for b in (reference, backend))
+    with torch.backends.cudnn.flags(enabled=True, benchmark=torch.backends.cudnn.benchmark, allow_tf32=False):
+        fp32 = comparable_output(spec, reference.infer(spec.name, feeds, [output])[output])  # true fp32, no TF32
+    variant = comparable_output(spec, backend.infer(spec.name, feeds, [output])[output])
     reference.close()
     return compare_outputs("segmentation" if spec.name == MMODE_LVID else spec.kind, fp32, variant)
 
@@ -106,12 +108,13 @@ class TorchBackend:
     request shapes. `graph` = cuda-graph captures one CUDA graph per model and batch
     shape; compile wraps the module in `torch.compile` (dynamic=False). `channels_last`
     defaults to on for CUDA and reduced precision (off: the seeds' NC(T)HW layout).
-    Calls are serialised: staging buffers and graphs are shared between them.
+    Calls are serialised: staging buffers and graphs are shared between them. Models a
+    `loader` builds at reduced precision are compared with fp32 on `agreement_items` inputs.
     """
 
     def __init__(self, modules: dict[str, tuple[ModelSpec, nn.Module]] | None = None, precision: str = "fp32",
                  untrained: bool = True, device: str = "cpu", graph: str = "eager", fixed_batch: int = 0,
-                 loader: Loader | None = None, channels_last: bool | None = None):
+                 loader: Loader | None = None, channels_last: bool | None = None, agreement_items: int = 8):
         if precision not in TORCH_PRECISIONS:
             raise BackendError(f"torch precision must be one of {', '.join(TORCH_PRECISIONS)}, got {precision!r}")
         if graph not in GRAPH_MODES:
@@ -122,13 +125,15 @@ class TorchBackend:
                                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
         if graph == "cuda-graph" and self.device.type != "cuda":
             raise BackendError("CUDA graphs need --device cuda")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest convolution kernels are found once
         if graph != "eager" and fixed_batch < 1:
             raise BackendError(f"graph mode {graph} needs a fixed batch shape (fixed_batch >= 1)")
         self.name = "torch" if precision == "fp32" else f"torch-{precision}"
         self.precision, self.untrained, self.graph, self.fixed_batch = precision, untrained, graph, fixed_batch
         self.channels_last = channels_last if channels_last is not None else (
             precision != "fp32" or self.device.type == "cuda")
-        self._loader = loader
+        self._loader, self.agreement_items = loader, agreement_items
         self._lock = threading.Lock()
         self._models: dict[str, _Loaded] = {}
         for name, (spec, module) in (modules or {}).items():
@@ -151,7 +156,7 @@ class TorchBackend:
             spec, module, metadata = self._loader(model)
             self._models[model] = self._prepare(spec, module, {**metadata, "echodeploy.precision": self.precision})
             if self.precision != "fp32":
-                report = precision_agreement(self, spec, module)
+                report = precision_agreement(self, spec, module, self.agreement_items)
                 self._models[model].metadata["echodeploy.agreement"] = json.dumps(report, sort_keys=True)
                 log.log(logging.INFO if report["passed"] else logging.WARNING, "%s %s vs fp32: %s", model,
                         self.precision, agreement_summary(report))
