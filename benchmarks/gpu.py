@@ -263,6 +263,10 @@ def targets(result: dict) -> list[str]:
     return lines
 
 
+def _escaped(text: str) -> str:
+    return text.replace("|", "\\|")  # a table cell
+
+
 def _cell(value, spec: str = ".1f") -> str:
     return "" if value is None else format(value, spec)
 
@@ -297,7 +301,8 @@ def markdown(result: dict) -> str:
     if agreement:
         lines += ["", "## Agreement with fp32 (same weights, same device)", "", "| model | variant | batch | report |",
                   "|---|---|---|---|"]
-        lines += [f"| {p['model']} | {p['variant']} | {p['batch']} | {p['agreement_line']} |" for p in agreement]
+        lines += [f"| {p['model']} | {p['variant']} | {p['batch']} | {_escaped(p['agreement_line'])} |"
+                  for p in agreement]
     if result["end_to_end"]:
         lines += ["", "## End to end: CMR files -> predictions.csv", "",
                   "| decode workers | files | seconds | files/s | decode s per file | decode alone allows files/s |",

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from echodeploy.errors import ExportError
+from echodeploy.export.mmode import MASK_AGREEMENT
 from echodeploy.export.served import ServedClipModel
-from echodeploy.export.torch_backend import served_module
+from echodeploy.export.torch_backend import TorchBackend, checkpoint_loader, served_module
 from echodeploy.export.triton.repository import NETWORK_SOURCES, NETWORKS, parse_config, write_triton_repository
 from echodeploy.repository import model_file
 from echodeploy.specs import cmr_model, mmode_model
@@ -80,7 +81,7 @@ def test_tritonserver_serves_torch_models_like_onnxruntime(torch_repository, ser
     if not has_torch(server_env):
         pytest.skip(f"{server_env} has no torch (make server-env-torch, or ECHODEPLOY_SERVER_ENV=an env with it)")
     log = tmp_path / "tritonserver.log"
-    embedded = OnnxRuntimeBackend(torch_repository)
+    embedded, in_process = OnnxRuntimeBackend(torch_repository), TorchBackend(loader=checkpoint_loader(None))
     with TritonServer(torch_repository, env=server_env, log_path=log) as server:
         client = TritonBackend([server.grpc_url])
         try:
@@ -90,7 +91,10 @@ def test_tritonserver_serves_torch_models_like_onnxruntime(torch_repository, ser
                 output = spec.outputs[0].name
                 got = client.infer(spec.name, feeds, [output])[output]
                 want = embedded.infer(spec.name, feeds, [output])[output]
-                assert np.abs(got - want).max() <= 1e-4, spec.name
+                assert np.abs(got - in_process.infer(spec.name, feeds, [output])[output]).max() <= 1e-4, spec.name
+                # LVID profiles count thresholded pixels: a pixel at logit ~0 may flip between runtimes
+                tolerance = (1 - MASK_AGREEMENT) * 256 * 256 if spec.name == "mmode_lvid" else 1e-4
+                assert np.abs(got - want).max() <= tolerance, spec.name
         finally:
             client.close()
     assert f"on {'cuda:0' if torch.cuda.is_available() else 'cpu'}, fp32" in log.read_text()
