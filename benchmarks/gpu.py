@@ -160,14 +160,21 @@ def _point(config: GpuBenchConfig, spec: ModelSpec, module, variant: Variant, ba
     return point
 
 
-def model_points(config: GpuBenchConfig, names: list[str], clock: _Clock, peaks: dict,
-                 progress=print) -> tuple[list, list]:
+def _module(config: GpuBenchConfig, spec: ModelSpec, modules: dict):
+    """The served module of `spec`, built once per run (seeded networks re-estimate BatchNorm)."""
     from echodeploy.export.torch_backend import served_module
 
+    if spec.name not in modules:
+        modules[spec.name] = served_module(spec, config.weights_dir, config.seed)[0]
+    return modules[spec.name]
+
+
+def model_points(config: GpuBenchConfig, names: list[str], clock: _Clock, peaks: dict, modules: dict,
+                 progress=print) -> tuple[list, list]:
     points, skipped = [], []
     for name in names:
         spec = _spec(name)
-        module, _ = served_module(spec, config.weights_dir, config.seed)
+        module = _module(config, spec, modules)
         plan = [(SEED_VARIANT, config.seed_batch[spec.family])]
         for variant in config.variants:
             sizes = config.batch_sizes[spec.family]
@@ -191,13 +198,14 @@ def model_points(config: GpuBenchConfig, names: list[str], clock: _Clock, peaks:
     return points, skipped
 
 
-def end_to_end(config: GpuBenchConfig, work: Path, clock: _Clock, progress=print) -> tuple[list, list]:
+def end_to_end(config: GpuBenchConfig, work: Path, clock: _Clock, modules: dict,
+               progress=print) -> tuple[list, list]:
     """CMR files -> predictions.csv with the best reduced variant, for each number of decode workers."""
     import shutil
 
     from echodeploy.client.runs.cmr import CmrOptions, run_cmr
     from echodeploy.client.runs.inputs import read_inputs
-    from echodeploy.export.torch_backend import TorchBackend, checkpoint_loader
+    from echodeploy.export.torch_backend import TorchBackend
 
     cmr = [m for m in config.models if _spec(m).family == "cmr"]
     if not cmr:
@@ -207,11 +215,9 @@ def end_to_end(config: GpuBenchConfig, work: Path, clock: _Clock, progress=print
     cuda = config.device.startswith("cuda")
     variant = Variant("bf16", "cuda-graph" if cuda else "eager")
     rows, skipped = [], []
-    backend = TorchBackend(precision=variant.precision, untrained=config.weights_dir is None, device=config.device,
-                           graph=variant.graph, fixed_batch=config.e2e_batch if cuda else 0,
-                           loader=checkpoint_loader(config.weights_dir, config.seed, precision="bf16"),
-                           agreement_items=config.agreement_items)
-    backend.model_info(spec.name)  # load (and check agreement) outside the timing
+    backend = TorchBackend({spec.name: (spec, _module(config, spec, modules))}, variant.precision,
+                           untrained=config.weights_dir is None, device=config.device, graph=variant.graph,
+                           fixed_batch=config.e2e_batch if cuda else 0)
     for workers in config.e2e_workers:
         if clock.spent:
             skipped.append(f"end to end, {workers} workers")
@@ -345,10 +351,11 @@ def run_gpu_bench(config: GpuBenchConfig, out: Path, command: str = "", progress
     progress(f"matmul peaks: bf16 {peaks['bf16_matmul_gflops']:.0f}, fp32 {peaks['fp32_matmul_gflops']:.0f} GFLOP/s")
     # R(2+1)D-18 first, then end to end, then the M-mode models: the budget cuts the least important
     cmr = [m for m in config.models if _spec(m).family == "cmr"]
-    points, skipped = model_points(config, cmr, clock, peaks, progress)
-    e2e, skipped_e2e = end_to_end(config, work, clock, progress)
+    modules: dict = {}
+    points, skipped = model_points(config, cmr, clock, peaks, modules, progress)
+    e2e, skipped_e2e = end_to_end(config, work, clock, modules, progress)
     mmode_points, skipped_mmode = model_points(config, [m for m in config.models if m not in cmr], clock, peaks,
-                                               progress)
+                                               modules, progress)
     points, skipped_e2e = points + mmode_points, skipped_e2e + skipped_mmode
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": command, "machine": machine(config.device),
               "config": json.loads(json.dumps(asdict(config), default=str)), "peaks": peaks, "points": points,

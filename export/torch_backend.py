@@ -109,12 +109,12 @@ class TorchBackend:
     shape; compile wraps the module in `torch.compile` (dynamic=False). `channels_last`
     defaults to on for CUDA and reduced precision (off: the seeds' NC(T)HW layout).
     Calls are serialised: staging buffers and graphs are shared between them. Models a
-    `loader` builds at reduced precision are compared with fp32 on `agreement_items` inputs.
+    `loader` builds at reduced precision are compared with fp32 at load.
     """
 
     def __init__(self, modules: dict[str, tuple[ModelSpec, nn.Module]] | None = None, precision: str = "fp32",
                  untrained: bool = True, device: str = "cpu", graph: str = "eager", fixed_batch: int = 0,
-                 loader: Loader | None = None, channels_last: bool | None = None, agreement_items: int = 8):
+                 loader: Loader | None = None, channels_last: bool | None = None):
         if precision not in TORCH_PRECISIONS:
             raise BackendError(f"torch precision must be one of {', '.join(TORCH_PRECISIONS)}, got {precision!r}")
         if graph not in GRAPH_MODES:
@@ -133,7 +133,7 @@ class TorchBackend:
         self.precision, self.untrained, self.graph, self.fixed_batch = precision, untrained, graph, fixed_batch
         self.channels_last = channels_last if channels_last is not None else (
             precision != "fp32" or self.device.type == "cuda")
-        self._loader, self.agreement_items = loader, agreement_items
+        self._loader = loader
         self._lock = threading.Lock()
         self._models: dict[str, _Loaded] = {}
         for name, (spec, module) in (modules or {}).items():
@@ -156,7 +156,7 @@ class TorchBackend:
             spec, module, metadata = self._loader(model)
             self._models[model] = self._prepare(spec, module, {**metadata, "echodeploy.precision": self.precision})
             if self.precision != "fp32":
-                report = precision_agreement(self, spec, module, self.agreement_items)
+                report = precision_agreement(self, spec, module)
                 self._models[model].metadata["echodeploy.agreement"] = json.dumps(report, sort_keys=True)
                 log.log(logging.INFO if report["passed"] else logging.WARNING, "%s %s vs fp32: %s", model,
                         self.precision, agreement_summary(report))
