@@ -92,9 +92,11 @@ def test_tritonserver_serves_torch_models_like_onnxruntime(torch_repository, ser
                 got = client.infer(spec.name, feeds, [output])[output]
                 want = embedded.infer(spec.name, feeds, [output])[output]
                 assert np.abs(got - in_process.infer(spec.name, feeds, [output])[output]).max() <= 1e-4, spec.name
-                # LVID profiles count thresholded pixels: a pixel at logit ~0 may flip between runtimes
-                tolerance = (1 - MASK_AGREEMENT) * 256 * 256 if spec.name == "mmode_lvid" else 1e-4
-                assert np.abs(got - want).max() <= tolerance, spec.name
+                if spec.name == "mmode_lvid":  # thresholded pixels: one at logit ~0 may flip between runtimes
+                    flipped = np.abs(got - want)[:, 0].sum(axis=-1)  # per window, from the per-column counts
+                    assert flipped.max() <= (1 - MASK_AGREEMENT) * 256 * 256, flipped
+                else:
+                    assert np.abs(got - want).max() <= 1e-4, spec.name
         finally:
             client.close()
     assert f"on {'cuda:0' if torch.cuda.is_available() else 'cpu'}, fp32" in log.read_text()
