@@ -1,9 +1,10 @@
 """Triton model repository: one `config.pbtxt` per exported model plus per-view ensembles.
 
-Two targets with the same model names, tensors and metadata, so a client cannot tell them
+Three targets with the same model names, tensors and metadata, so a client cannot tell them
 apart: `gpu` (NGC tritonserver: ONNX Runtime backend with the TensorRT accelerator, FP16,
-engine and timing caches) and `cpu` (portable: Python-backend models running the same
-ONNX files on ONNX Runtime). Configs are built as dicts and parsed through Triton's own
+engine and timing caches), `cpu` (portable: Python-backend models running the same
+ONNX files on ONNX Runtime) and `openvino` (CPU nodes with the NGC tritonserver: its
+OpenVINO backend runs the same ONNX files). Configs are built as dicts and parsed through Triton's own
 `ModelConfig` protobuf, so a schema error fails here, not in the server.
 """
 
@@ -22,7 +23,7 @@ from echodeploy.export.onnx_export import read_metadata
 from echodeploy.repository import MODEL_FILENAME, VERSION
 from echodeploy.specs import ModelSpec, cmr_model, mmode_model, view_ensemble_name
 
-Target = Literal["cpu", "gpu"]
+Target = Literal["cpu", "gpu", "openvino"]
 ADAPTER = Path(__file__).with_name("onnx_model.py")
 TRT_CACHE = "/trt_cache"  # persistent volume in docker-compose.yml
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}
@@ -67,6 +68,13 @@ def model_config(spec: ModelSpec, metadata: dict[str, str], target: Target, max_
     if target == "cpu":
         config["backend"] = "python"
         config["instance_group"] = [{"kind": "KIND_CPU", "count": instances}]
+        return config
+    if target == "openvino":
+        # one stream per instance: the dynamic batcher fills the batch, instances add parallelism
+        config["backend"] = "openvino"
+        config["default_model_filename"] = MODEL_FILENAME
+        config["instance_group"] = [{"kind": "KIND_CPU", "count": instances}]
+        config["parameters"].update(_parameters({"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}))
         return config
     def profile(batch: int) -> str:
         return ",".join(f"{t.name}:{batch}x{'x'.join(map(str, t.shape))}" for t in spec.inputs)
