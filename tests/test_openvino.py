@@ -178,3 +178,24 @@ def test_index_free_unpooling_equals_max_unpool_with_ties():
     values = torch.from_numpy(rng.normal(size=pooled.shape).astype(np.float32))
     expected = F.max_unpool2d(values, indices, 2, 2)
     assert torch.equal(QuickNAT._max_unpool(values, skip), expected)
+
+
+def test_triton_openvino_target(mmode_repository, tmp_path):
+    """CPU-node configs for the NGC tritonserver's OpenVINO backend: schema-checked, no Python adapter."""
+    from echodeploy.export.triton.repository import exported_models, parse_config, write_triton_repository
+
+    for spec, _ in exported_models(mmode_repository):
+        model_file(tmp_path, spec.name).parent.mkdir(parents=True)
+        model_file(tmp_path, spec.name).symlink_to(model_file(mmode_repository, spec.name))
+    names = write_triton_repository(tmp_path, "openvino", max_batch_size=4, instances=2)
+    assert set(names) == {"cmr_a4c_scar", "cmr_a4c_t1", MMODE_QUALITY, MMODE_LVID, "cmr_a4c"}
+    for name in names[:-1]:
+        config = parse_config((tmp_path / name / "config.pbtxt").read_text())
+        assert config.backend == "openvino" and config.default_model_filename == "model.onnx"
+        assert config.instance_group[0].kind == config.instance_group[0].KIND_CPU
+        assert config.instance_group[0].count == 2 and config.max_batch_size == 4
+        assert config.parameters["PERFORMANCE_HINT"].string_value == "LATENCY"
+        assert config.parameters["echodeploy.model"].string_value == name
+        assert not (tmp_path / name / "1" / "model.py").exists()
+    assert parse_config((tmp_path / "cmr_a4c" / "config.pbtxt").read_text()).platform == "ensemble"
+    assert (tmp_path / "TARGET").read_text() == "openvino\n"
