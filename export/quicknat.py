@@ -97,15 +97,16 @@ class QuickNAT(nn.Module):
         as a reference implementation for 60% of QuickNAT's time (docs/BENCHMARKS.md).
         """
         n, c, h, w = skip.shape
-        windows = skip.view(n, c, h // 2, 2, w // 2, 2)
-        top = windows == F.max_pool2d(skip, kernel_size=2, stride=2).view(n, c, h // 2, 1, w // 2, 1)
-        first = top[:, :, :, 0, :, 0]
-        second = top[:, :, :, 0, :, 1] & ~first
-        third = top[:, :, :, 1, :, 0] & ~(first | second)
+        corners = [skip[:, :, dy::2, dx::2] for dy in (0, 1) for dx in (0, 1)]  # each window's 4 values
+        top = torch.maximum(torch.maximum(corners[0], corners[1]), torch.maximum(corners[2], corners[3]))
+        first = corners[0] == top
+        second = (corners[1] == top) & ~first
+        third = (corners[2] == top) & ~(first | second)
         fourth = ~(first | second | third)
-        mask = torch.stack([torch.stack([first, second], -1), torch.stack([third, fourth], -1)], 3)
-        spread = x.view(n, c, h // 2, 1, w // 2, 1).expand(n, c, h // 2, 2, w // 2, 2)
-        return torch.where(mask, spread, torch.zeros_like(spread)).reshape(n, c, h, w)
+        zero = torch.zeros_like(x)
+        placed = [torch.where(at, x, zero) for at in (first, second, third, fourth)]
+        rows = [torch.stack(placed[:2], -1), torch.stack(placed[2:], -1)]  # (n, c, h/2, w/2, dx)
+        return torch.stack(rows, 3).reshape(n, c, h, w)  # (n, c, h/2, dy, w/2, dx)
 
     def _decode(self, block, x, skip):
         return self._dense(block, torch.cat([skip, self._max_unpool(x, skip)], dim=1))
