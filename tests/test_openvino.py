@@ -199,3 +199,12 @@ def test_triton_openvino_target(mmode_repository, tmp_path):
         assert not (tmp_path / name / "1" / "model.py").exists()
     assert parse_config((tmp_path / "cmr_a4c" / "config.pbtxt").read_text()).platform == "ensemble"
     assert (tmp_path / "TARGET").read_text() == "openvino\n"
+
+
+def test_exported_quicknat_has_no_slow_operators(mmode_repository):
+    """What the profiles found slow is gone from the graph: PRelu (now LeakyRelu) and MaxPool indices."""
+    graph = onnx.load(str(model_file(mmode_repository, MMODE_LVID))).graph
+    ops = [node.op_type for node in graph.node]
+    assert "PRelu" not in ops and ops.count("LeakyRelu") == 27
+    assert all(len(node.output) == 1 for node in graph.node if node.op_type == "MaxPool")
+    assert "ScatterElements" not in ops
