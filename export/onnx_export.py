@@ -136,9 +136,14 @@ def prelu_to_leaky_relu(model: onnx.ModelProto) -> int:
     ONNX Runtime's vectorised activation kernel instead of a broadcasting PRelu (13% of QuickNAT's
     time, docs/BENCHMARKS.md). Returns how many were rewritten."""
     initializers = {i.name: i for i in model.graph.initializer}
+    # the exporter shares one slope between a block's PRelus through Identity nodes
+    aliases = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity"}
     rewritten = 0
     for node in model.graph.node:
-        slope = initializers.get(node.input[1]) if node.op_type == "PRelu" else None
+        source = node.input[1] if node.op_type == "PRelu" else ""
+        while source in aliases:
+            source = aliases[source]
+        slope = initializers.get(source)
         if slope is None or np.prod(slope.dims) != 1:
             continue
         alpha = float(onnx.numpy_helper.to_array(slope).reshape(-1)[0])
