@@ -22,7 +22,7 @@ from echodeploy.errors import BackendError
 from echodeploy.preprocessing.mmode import segmentation_windows
 from echodeploy.preprocessing.video import make_clips
 from echodeploy.samples import synthetic_echo, synthetic_mmode
-from echodeploy.specs import MMODE_LVID, MMODE_WINDOW, ModelSpec
+from echodeploy.specs import MMODE_WINDOW, ModelSpec
 
 EMBEDDED = ("onnxruntime", "openvino")
 PARITY_ATOL = 1e-4
@@ -60,7 +60,7 @@ def probe_inputs(spec: ModelSpec, batch: int = 1, seed: int = 0) -> dict[str, np
         return {"clip": np.stack(clips)}
     trace, _ = synthetic_mmode(length=MMODE_WINDOW * batch, heart_rate_bpm=450, seed=seed)
     feeds = {"window": segmentation_windows(trace)[:batch]}
-    if spec.name == MMODE_LVID:
+    if spec.kind == "segmentation":
         feeds["profile_weights"] = np.repeat(np.eye(MMODE_WINDOW, dtype=np.float32)[None], batch, axis=0)
     return feeds
 
@@ -69,7 +69,7 @@ def parity_failure(spec: ModelSpec, reference: np.ndarray, candidate: np.ndarray
     """Why `candidate` does not match the reference output, or None when it does."""
     if reference.shape != candidate.shape:
         return f"shape {candidate.shape} != {reference.shape}"
-    if spec.name == MMODE_LVID:
+    if spec.kind == "segmentation":
         agreement = float((reference == candidate).mean())
         return None if agreement >= MASK_PARITY else f"mask agreement {agreement:.4%} < {MASK_PARITY:.1%}"
     diff = float(np.abs(candidate.astype(np.float64) - reference).max())
