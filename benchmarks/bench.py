@@ -25,11 +25,12 @@ from echodeploy.agreement import auc_change, compare_columns, compare_outputs
 from echodeploy.errors import EchodeployError
 from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, ModelSpec, model_spec, view_ensemble_name
 
-BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "onnxruntime-fp16", "triton")
+BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "onnxruntime-fp16", "openvino", "openvino-int8",
+            "triton")
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "torch-bf16")
 REFERENCE = "onnxruntime"  # fp32: what reduced precisions are compared with
 SEED_BATCH = {"cmr": 10, "mmode": 1}  # cardiac_mri's DataLoader batch; Echo2Pheno fed one window at a time
-PRECISION_OF = {"onnxruntime-int8": "int8", "onnxruntime-fp16": "fp16", "torch-bf16": "bf16"}
+PRECISION_OF = {"onnxruntime-int8": "int8", "onnxruntime-fp16": "fp16", "openvino-int8": "int8", "torch-bf16": "bf16"}
 STAT_FIELDS = ("queue", "compute_input", "compute_infer", "compute_output")
 PERCENTILES = (50, 90, 95, 99)
 AGREEMENT_ITEMS = 16
@@ -84,10 +85,28 @@ def _ort_matmul(n: int):
     return lambda: session.run(None, feeds)
 
 
+def _openvino_matmul(n: int):
+    """An OpenVINO MatMul compiled for the CPU in fp32 (oneDNN), or None without the extra."""
+    from importlib.util import find_spec
+
+    if not find_spec("openvino"):
+        return None
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    a, b = (ops.parameter([n, n], np.float32) for _ in range(2))
+    compiled = ov.Core().compile_model(ov.Model([ops.matmul(a, b, False, False)], [a, b]), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    feeds = [np.random.default_rng(0).random((n, n), np.float32) for _ in range(2)]
+    return lambda: request.infer(feeds)
+
+
 def matmul_peak_gflops(dtype: str = "float32", sizes: tuple[int, ...] = (2048, 4096), repeats: int = 5,
                        device: str = "cpu") -> float:
     """The best square matmul rate in GFLOP/s over `sizes` on `device`: torch's, and for float32
-    on the CPU also ONNX Runtime's (whichever library is faster here sets the peak)."""
+    on the CPU also ONNX Runtime's and OpenVINO's when installed (whichever library is faster here
+    sets the peak)."""
     import torch
 
     best = 0.0
@@ -97,6 +116,9 @@ def matmul_peak_gflops(dtype: str = "float32", sizes: tuple[int, ...] = (2048, 4
             seconds = _best_seconds(lambda: torch.mm(a, b), repeats)
             if dtype == "float32":
                 seconds = min(seconds, _best_seconds(_ort_matmul(n), repeats))
+                openvino = _openvino_matmul(n)
+                if openvino:
+                    seconds = min(seconds, _best_seconds(openvino, repeats))
         else:  # ten products per timing, so that launch and synchronisation do not count
             seconds = _best_seconds(lambda: [torch.mm(a, b) for _ in range(10)] and torch.cuda.synchronize(),
                                     repeats) / 10
@@ -239,6 +261,14 @@ def _open_backends(config: BenchConfig, specs: list[ModelSpec], work: Path, stac
             export_repository(repository, specs, precision, config)
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if precision == "fp16" else None
             backend = OnnxRuntimeBackend(repository, providers=providers)
+        elif name.startswith("openvino"):
+            from echodeploy.client.backends.openvino import OpenVinoBackend
+
+            precision = PRECISION_OF.get(name, "fp32")
+            repository = work / "models" / precision
+            export_repository(repository, specs, precision, config)
+            # several clients: one stream each (throughput hint); else all cores on one request
+            backend = OpenVinoBackend(repository, hint="throughput" if max(config.concurrency) > 1 else "latency")
         else:
             backend = stack.enter_context(_triton(config, specs, work))
         seed_only = name == "torch"
@@ -292,6 +322,11 @@ def peak_of(backend: str, peaks: dict) -> tuple[str, float]:
     return kind, peaks[f"{kind}_matmul_gflops"]
 
 
+def model_precision(backend, spec: ModelSpec) -> str:
+    """The precision the backend's model declares (`echodeploy.precision`, set per model by export)."""
+    return backend.model_info(spec.name).metadata.get("echodeploy.precision", "")
+
+
 def model_points(config: BenchConfig, specs: list[ModelSpec], served: list[Served], peaks: dict,
                  progress=print) -> list[dict]:
     points = []
@@ -312,7 +347,8 @@ def model_points(config: BenchConfig, specs: list[ModelSpec], served: list[Serve
                         time.sleep(0.5)  # Triton updates statistics just after responding
                         result["server"] = server_deltas(before, server_times(s.backend, watched))
                     peak_name, peak = peak_of(s.name, peaks)
-                    result.update(model=spec.name, backend=s.name, batch=batch, concurrency=concurrency,
+                    result.update(model=spec.name, backend=s.name, precision=model_precision(s.backend, spec),
+                                  batch=batch, concurrency=concurrency,
                                   roofline=result["throughput"] * spec.flops_per_item / 1e9 / peak,
                                   roofline_peak=peak_name)
                     points.append(result)
@@ -436,8 +472,15 @@ def machine() -> dict:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        openvino = version("openvino")
+    except PackageNotFoundError:
+        openvino = ""
     return {"cpu": cpu, "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "openvino": openvino,
+            "platform": platform.platform()}
 
 
 def run_bench(config: BenchConfig, out: Path, progress=print) -> dict:

@@ -21,12 +21,13 @@ def _vs_seed(result: dict, point: dict) -> float | None:
 
 
 def points_table(result: dict) -> list[str]:
-    lines = ["| model | backend | batch | conc | items/s | p50 ms | p90 ms | p95 ms | p99 ms | avg ms "
-             "| roofline | vs seed path | stable |", "|" + "---|" * 13]
+    lines = ["| model | backend | precision | batch | conc | items/s | p50 ms | p90 ms | p95 ms | p99 ms | avg ms "
+             "| roofline | vs seed path | stable |", "|" + "---|" * 14]
     for p in result["points"]:
         speedup = _vs_seed(result, p)
         lines.append(
-            f"| {p['model']} | {p['backend']} | {p['batch']} | {p['concurrency']} | {p['throughput']:.2f} "
+            f"| {p['model']} | {p['backend']} | {p.get('precision', '')} | {p['batch']} | {p['concurrency']} "
+            f"| {p['throughput']:.2f} "
             + " ".join(f"| {p[f'p{q}_ms']:.0f}" for q in (50, 90, 95, 99))
             + f" | {p['avg_ms']:.0f} | {p['roofline']:.1%} {p['roofline_peak']} | "
             + (f"{speedup:.2f}x" if speedup else "") + f" | {'yes' if p['stable'] else '**no**'} |")
@@ -86,10 +87,11 @@ def markdown(result: dict) -> str:
     m, peaks = result["machine"], result["peaks"]
     parts = [
         f"# echodeploy bench, {result['date']}", "",
-        f"Machine: {m['cpu']}, {m['threads']} threads; torch {m['torch']}, onnxruntime {m['onnxruntime']}. "
+        f"Machine: {m['cpu']}, {m['threads']} threads; torch {m['torch']}, onnxruntime {m['onnxruntime']}"
+        + (f", openvino {m['openvino']}" if m.get("openvino") else "") + ". "
         f"Peaks measured in this run: fp32 matmul {peaks['fp32_matmul_gflops']:.0f} GFLOP/s, "
         f"bf16 matmul {peaks['bf16_matmul_gflops']:.0f} GFLOP/s. Roofline = model FLOPs per item x "
-        "items/s / the matmul peak of the backend's arithmetic (torch or ONNX Runtime, the faster; "
+        "items/s / the matmul peak of the backend's arithmetic (torch, ONNX Runtime or OpenVINO, the fastest; "
         "bf16 for torch-bf16, fp32 otherwise, int8 included: its fraction can pass 100%).",
     ]
     if result["untrained"]:
@@ -106,11 +108,12 @@ def markdown(result: dict) -> str:
 
 def console(result: dict) -> str:
     """The model-only table, aligned for a terminal."""
-    lines = [f"{'model':14s} {'backend':17s} {'batch':>5s} {'conc':>4s} {'items/s':>8s} {'p50 ms':>8s} "
+    lines = [f"{'model':14s} {'backend':17s} {'prec':5s} {'batch':>5s} {'conc':>4s} {'items/s':>8s} {'p50 ms':>8s} "
              f"{'p99 ms':>8s} {'roofline':>13s} {'vs seed':>7s}"]
     for p in result["points"]:
         speedup = _vs_seed(result, p)
-        lines.append(f"{p['model']:14s} {p['backend']:17s} {p['batch']:5d} {p['concurrency']:4d} "
+        lines.append(f"{p['model']:14s} {p['backend']:17s} {p.get('precision', ''):5s} {p['batch']:5d} "
+                     f"{p['concurrency']:4d} "
                      f"{p['throughput']:8.2f} {p['p50_ms']:8.0f} {p['p99_ms']:8.0f} {p['roofline']:6.1%} "
                      f"{p['roofline_peak']} "
                      + (f"{speedup:6.2f}x" if speedup else ""))

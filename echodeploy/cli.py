@@ -33,8 +33,10 @@ Tasks = Annotated[Optional[str], typer.Option(
 Seed = Annotated[int, typer.Option(help="Seed of the random weights used when no checkpoint is given.")]
 BatchSize = Annotated[int, typer.Option(help="Clips per inference request (the seed used 10).")]
 Workers = Annotated[int, typer.Option(help="Decoding worker processes (0: decode in the main process).")]
-BackendName = Annotated[str, typer.Option(
-    "--backend", help="'onnxruntime' (embedded, default), 'triton', or 'torch' (PyTorch in this process, CPU or GPU).")]
+BackendName = Annotated[str, typer.Option("--backend", help=(
+    "'auto' (the fastest installed embedded backend matching ONNX Runtime, said in the first line), "
+    "'onnxruntime', 'openvino' (embedded; the openvino extra), 'triton', or 'torch' (PyTorch in this "
+    "process, CPU or GPU)."))]
 Urls = Annotated[Optional[list[str]], typer.Option(
     "--url", envvar="ECHODEPLOY_TRITON_URL",
     help="Triton server HOST:PORT (repeat to spread requests over several servers).")]
@@ -88,7 +90,8 @@ def export(
     force: Annotated[bool, typer.Option(help="Re-export even if an identical model exists.")] = False,
     target: Annotated[str, typer.Option(
         help="Triton configs: 'cpu' (Python backend on ONNX Runtime, portable), 'gpu' "
-             "(ONNX Runtime backend with TensorRT FP16, for NGC tritonserver) or 'gpu-torch' "
+             "(ONNX Runtime backend with TensorRT FP16, for NGC tritonserver), 'openvino' "
+             "(NGC tritonserver's OpenVINO backend, for CPU nodes) or 'gpu-torch' "
              "(Python backend running the torch models on the GPU, CPU if none; any tritonserver).")] = "cpu",
     max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size of every model.")] = 8,
     instances: Annotated[int, typer.Option(help="Triton instances per model.")] = 1,
@@ -98,7 +101,8 @@ def export(
              "from cardionet.pt / quicknat.pt) or 'cmr,mmode'.")] = "cmr",
     bn_mode: BnMode = "seed",
     precision: Annotated[str, typer.Option(
-        help="fp32; fp16 (GPU); int8 (static QDQ quantisation, CPUs with VNNI / TensorRT). "
+        help="fp32; fp16 (GPU); int8 (static QDQ quantisation, CPUs with VNNI / TensorRT); or per model, "
+             "e.g. 'mmode_lvid=int8,mmode_quality=fp32' (a plain value is the default of the others). "
              "Reduced precisions print and store an agreement report against fp32.")] = "fp32",
     calibration: Annotated[Optional[Path], typer.Option(
         help="Videos / DICOMs (CMR) or M-mode DICOMs to calibrate int8 on and check agreement "
@@ -108,24 +112,24 @@ def export(
     try:
         if (weights_dir is None) == (not untrained):
             raise EchodeployError("pass --weights-dir DIR, or --untrained for seeded random weights")
-        if target not in ("cpu", "gpu", "gpu-torch"):
-            raise EchodeployError(f"--target must be cpu, gpu or gpu-torch, got {target!r}")
+        if target not in ("cpu", "gpu", "openvino", "gpu-torch"):
+            raise EchodeployError(f"--target must be cpu, gpu, openvino or gpu-torch, got {target!r}")
         if tensorrt and target != "gpu":
             raise EchodeployError("--tensorrt builds plans for the gpu target: add --target gpu")
         if tensorrt:
             from echodeploy.export.triton.tensorrt import require_tensorrt
 
             require_tensorrt()  # before anything is written
-        from echodeploy.export.precision import check_precision
+        from echodeploy.export.precision import parse_precisions
 
-        check_precision(precision)
+        precisions = parse_precisions(precision)
         chosen = parse_names("family", families, ("cmr", "mmode"), ("cmr",))
         if "cmr" in chosen:
             _export(repository, parse_names("view", views, VIEWS, VIEWS),
                     parse_names("task", tasks, TASKS, PUBLISHED_TASKS), weights_dir, seed, force,
-                    precision, calibration)
+                    precisions, calibration)
         if "mmode" in chosen:
-            _export_mmode(repository, weights_dir, bn_mode, seed, force, precision, calibration)
+            _export_mmode(repository, weights_dir, bn_mode, seed, force, precisions, calibration)
         _write_triton(repository, target, max_batch_size, instances, tensorrt, weights_dir, seed)
     except EchodeployError as exc:
         _fail(str(exc))
@@ -155,7 +159,7 @@ def _report(name: str, report, untrained: bool) -> None:
         typer.secho(line, fg=None if report.agreement["passed"] else "red", bold=not report.agreement["passed"])
 
 
-def _export_mmode(repository: Path, weights_dir, bn_mode: str, seed: int, force: bool, precision: str = "fp32",
+def _export_mmode(repository: Path, weights_dir, bn_mode: str, seed: int, force: bool, precision="fp32",
                   calibration: Path | None = None) -> None:
     from echodeploy.export.mmode import export_mmode_models
 
@@ -164,7 +168,7 @@ def _export_mmode(repository: Path, weights_dir, bn_mode: str, seed: int, force:
         _report(spec.name, report, untrained)
 
 
-def _export(repository: Path, views, tasks, weights_dir, seed: int, force: bool, precision: str = "fp32",
+def _export(repository: Path, views, tasks, weights_dir, seed: int, force: bool, precision="fp32",
             calibration: Path | None = None) -> None:
     from echodeploy.export.cmr import export_cmr_models
 
@@ -191,7 +195,7 @@ def cmr(
     batch_size: BatchSize = 10,
     workers: Workers = 1,
     repository: Repository = DEFAULT_REPOSITORY,
-    backend: BackendName = "onnxruntime",
+    backend: BackendName = "auto",
     url: Urls = None,
     protocol: Protocol = "grpc",
     max_in_flight: MaxInFlight = 4,
@@ -207,6 +211,7 @@ def cmr(
     """Predict CMR findings for every video of a manifest or folder."""
     from echodeploy.client.runs.cmr import CmrOptions, run_cmr
     from echodeploy.client.runs.inputs import read_inputs
+    from echodeploy.specs import cmr_model
 
     try:
         options = CmrOptions(
@@ -219,7 +224,9 @@ def cmr(
             parse_names("view", view, VIEWS, ())
         settings = torch_options(backend, weights_dir, untrained, seed, device, precision, graph, batch_size)
         inputs = read_inputs(source, view, data_root, allow_outside_root)
-        engine = make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds, settings)
+        views = [v for v in inputs["view"].dropna().unique() if v in VIEWS][:1]
+        probe = [cmr_model(v, task) for v in views for task in options.tasks]
+        engine = make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds, settings, probe)
         _run_bulk(lambda b: run_cmr(inputs, b, out, options), engine, out)
     except EchodeployError as exc:
         _fail(str(exc))
@@ -245,9 +252,12 @@ def torch_options(backend: str, weights_dir: Path | None, untrained: bool, seed:
 
 
 def make_backend(name: str, repository: Path, urls, protocol: str, max_in_flight: int, retry_seconds: float = 60,
-                 torch: dict | None = None):
-    """The embedded ONNX Runtime backend, a Triton client for the given servers, or PyTorch
-    in this process (`torch`: the settings from `torch_options`)."""
+                 torch: dict | None = None, probe=()):
+    """An embedded backend (by name, or 'auto': the fastest installed one matching ONNX Runtime on
+    the `probe` specs, announced on the first line), a Triton client for the given servers, or
+    PyTorch in this process (`torch`: the settings from `torch_options`)."""
+    from echodeploy.client.backends.embedded import EMBEDDED, default_embedded, open_embedded
+
     if name == "torch":
         if torch is None:
             raise EchodeployError("--backend torch runs `cmr` and `mmode` only")
@@ -257,17 +267,20 @@ def make_backend(name: str, repository: Path, urls, protocol: str, max_in_flight
         return TorchBackend(precision=torch["precision"], untrained=torch["weights_dir"] is None,
                             device=torch["device"], graph=torch["graph"], fixed_batch=torch["fixed_batch"],
                             loader=loader)
-    if name == "onnxruntime":
-        from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(repository)
+    if name == "auto":
+        choice = default_embedded(repository, list(probe))
+        typer.echo(choice.line)
+        return choice.backend
+    if name in EMBEDDED:
+        return open_embedded(name, repository)
     if name == "triton":
         if not urls:
             raise EchodeployError("--backend triton needs --url HOST:PORT (start one with `echodeploy serve`)")
         from echodeploy.client.backends.triton import TritonBackend
 
         return TritonBackend(urls, protocol=protocol, max_in_flight=max_in_flight, retry_seconds=retry_seconds)
-    raise EchodeployError(f"unknown backend {name!r}; known: onnxruntime, triton, torch")
+    raise EchodeployError(f"unknown backend {name!r}; known: auto, {', '.join(EMBEDDED)}, triton, torch")
 
 
 def _run_bulk(run, backend, out: Path) -> None:
@@ -381,7 +394,7 @@ def mmode(
     workers: Annotated[int, typer.Option(
         help="Reader processes (0: read in the main process; reading is ~1% of the time).")] = 0,
     repository: Repository = DEFAULT_REPOSITORY,
-    backend: BackendName = "onnxruntime",
+    backend: BackendName = "auto",
     url: Urls = None,
     protocol: Protocol = "grpc",
     max_in_flight: MaxInFlight = 4,
@@ -396,13 +409,15 @@ def mmode(
     """LVID in diastole/systole, LV volume and heart rate from mouse M-mode DICOMs (good-quality beats)."""
     from echodeploy.client.results.mmode_features import DEFAULT_MAX_BPM
     from echodeploy.client.runs.mmode import MModeOptions, read_mmode_inputs, run_mmode
+    from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, mmode_model
 
     try:
         options = MModeOptions(write=write, figures=figures, batch_size=batch_size, workers=workers,
                                max_bpm=max_bpm or DEFAULT_MAX_BPM, bn_mode=bn_mode, all_beats=all_beats)
         settings = torch_options(backend, weights_dir, untrained, seed, device, precision, graph, batch_size, bn_mode)
         inputs = read_mmode_inputs(source, mass, mass_csv)
-        engine = make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds, settings)
+        probe = [mmode_model(name, bn_mode) for name in (MMODE_LVID, MMODE_QUALITY)]
+        engine = make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds, settings, probe)
         _run_bulk(lambda b: run_mmode(inputs, b, out, options), engine, out)
     except EchodeployError as exc:
         _fail(str(exc))
@@ -543,7 +558,8 @@ def bench(
         = "cmr_a4c_scar",
     backends: Annotated[str, typer.Option(
         help="Comma-separated: torch (the seeds' way: fp32 eager at their batch size), torch-bf16, "
-             "onnxruntime, onnxruntime-int8, onnxruntime-fp16 (GPU), triton.")]
+             "onnxruntime, onnxruntime-int8, onnxruntime-fp16 (GPU), openvino, openvino-int8 (the openvino "
+             "extra), triton.")]
         = "torch,onnxruntime,onnxruntime-int8,torch-bf16",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated items per request.")] = "1,4",
     concurrency: Annotated[str, typer.Option(help="Comma-separated numbers of concurrent clients.")] = "1,2",
@@ -622,3 +638,24 @@ def gpu_bench(
     for line in result["targets"] + [f"not produced on a CPU: {line}" for line in result["not_produced"]]:
         typer.echo(line)
     typer.echo(f"report: {out / 'gpu.md'}, {out / 'gpu.json'} ({result['seconds']:.0f} s)")
+
+
+@app.command()
+def profile(
+    model: Annotated[str, typer.Option(help="cmr_<view>_<task>, mmode_lvid or mmode_quality.")] = "mmode_lvid",
+    backends: Annotated[str, typer.Option(help="Comma-separated: onnxruntime, openvino.")] = "onnxruntime,openvino",
+    batch_size: Annotated[int, typer.Option(help="Items per request.")] = 4,
+    runs: Annotated[int, typer.Option(help="Profiled requests (after one warm-up).")] = 2,
+    top: Annotated[int, typer.Option(help="Operator types listed.")] = 12,
+    repository: Repository = DEFAULT_REPOSITORY,
+):
+    """Where an exported model's time goes per operator type (ONNX Runtime profiler, OpenVINO perf counters)."""
+    from echodeploy.benchmarks.profile import PROFILERS, profile_model, profile_text
+    from echodeploy.specs import model_spec
+
+    try:
+        spec = model_spec(model.strip().lower())
+        for name in parse_names("backend", backends, tuple(PROFILERS), ()):
+            typer.echo(profile_text(profile_model(repository, spec, name, batch_size, runs), top))
+    except EchodeployError as exc:
+        _fail(str(exc))

@@ -13,7 +13,7 @@ from echodeploy.errors import CheckpointError
 from echodeploy.export.calibration import calibration_feeds, reestimate_batchnorm
 from echodeploy.export.checkpoints import load_strict, read_checkpoint, strip_prefix
 from echodeploy.export.onnx_export import ExportReport, export_metadata, is_current
-from echodeploy.export.precision import export_at_precision
+from echodeploy.export.precision import Precisions, export_at_precision, precision_of
 from echodeploy.export.r2plus1d import R2Plus1D18
 from echodeploy.export.served import ServedClipModel
 from echodeploy.repository import model_file
@@ -85,13 +85,13 @@ def export_cmr_models(
     weights_dir: Path | None = None,
     seed: int = 0,
     force: bool = False,
-    precision: str = "fp32",
+    precision: str | Precisions = "fp32",
     calibration: Path | None = None,
 ) -> list[CmrExport]:
     """Export each requested view x task: real weights when found, else seeded random ones.
 
     With a weights directory, a missing checkpoint is an error; without one, every model
-    is untrained and its metadata says so. `precision` other than fp32 converts the
+    is untrained and its metadata says so. `precision` (one, or per model) other than fp32 converts the
     parity-checked fp32 export (see `export.precision`).
     """
     checkpoints = find_checkpoints(weights_dir) if weights_dir is not None else {}
@@ -105,11 +105,12 @@ def export_cmr_models(
                     f"no checkpoint for {view} {task} in {weights_dir} "
                     f"(expected {view}_{TASKS[task].checkpoint_stem}.pt)"
                 )
-            metadata = export_metadata(spec, ckpt, seed, precision)
+            chosen = precision_of(precision, spec.name)
+            metadata = export_metadata(spec, ckpt, seed, chosen)
             path = model_file(repository, spec.name)
             if not force and is_current(path, metadata):
                 results.append(CmrExport(spec=spec, report=None, untrained=ckpt is None))
                 continue
-            report = export_at_precision(cmr_network(spec, ckpt, seed), spec, path, metadata, precision, calibration)
+            report = export_at_precision(cmr_network(spec, ckpt, seed), spec, path, metadata, chosen, calibration)
             results.append(CmrExport(spec=spec, report=report, untrained=ckpt is None))
     return results

@@ -23,7 +23,7 @@ from echodeploy.export.calibration import calibration_feeds, reestimate_batchnor
 from echodeploy.export.cardionet import CardioNet
 from echodeploy.export.checkpoints import load_strict, read_checkpoint
 from echodeploy.export.onnx_export import ExportReport, export_metadata, is_current
-from echodeploy.export.precision import export_at_precision
+from echodeploy.export.precision import Precisions, export_at_precision, precision_of
 from echodeploy.export.quicknat import QuickNAT
 from echodeploy.export.served import ServedLvidProfile, ServedQuality
 from echodeploy.repository import model_file
@@ -115,11 +115,12 @@ def mmode_network(spec: ModelSpec, checkpoint: Path | None, seed: int = 0) -> nn
 
 
 def export_mmode_models(repository: Path, weights_dir: Path | None = None, bn_mode: str = "seed",
-                        seed: int = 0, force: bool = False, precision: str = "fp32",
+                        seed: int = 0, force: bool = False, precision: str | Precisions = "fp32",
                         calibration: Path | None = None) -> list[tuple[ModelSpec, ExportReport | None, bool]]:
     """Export both M-mode models: checkpoints from `weights_dir` (cardionet.pt, quicknat.pt) or seeded weights.
 
-    `precision` other than fp32 converts the parity-checked fp32 export (see `export.precision`).
+    `precision` (one, or per model) other than fp32 converts the parity-checked fp32 export
+    (see `export.precision`).
     """
     results = []
     for name, network in MMODE_NETWORKS.items():
@@ -127,14 +128,15 @@ def export_mmode_models(repository: Path, weights_dir: Path | None = None, bn_mo
         checkpoint = Path(weights_dir) / network.checkpoint if weights_dir is not None else None
         if checkpoint is not None and not checkpoint.is_file():
             raise CheckpointError(f"no {network.checkpoint} in {weights_dir} (needed for {name})")
-        metadata = export_metadata(spec, checkpoint, seed, precision)
+        chosen = precision_of(precision, name)
+        metadata = export_metadata(spec, checkpoint, seed, chosen)
         path = model_file(repository, name)
         if not force and is_current(path, metadata):
             results.append((spec, None, checkpoint is None))
             continue
         module = mmode_network(spec, checkpoint, seed)
         agreement = network.check(module.net, spec) if network.check else None
-        report = export_at_precision(module, spec, path, metadata, precision, calibration, atol=network.atol)
+        report = export_at_precision(module, spec, path, metadata, chosen, calibration, atol=network.atol)
         if agreement is not None:
             report.max_abs_diff["mask_agreement"] = agreement
         results.append((spec, report, checkpoint is None))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from echodeploy.agreement import compare_outputs
 from echodeploy.errors import ExportError
 from echodeploy.export.calibration import Feed, calibration_feeds
 from echodeploy.export.onnx_export import PARITY_ATOL, ExportReport, export_onnx
-from echodeploy.specs import ModelSpec
+from echodeploy.specs import ModelSpec, model_spec
 
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
@@ -37,6 +37,36 @@ def check_precision(precision: str) -> None:
                           "ONNX model to serve; measure torch bf16 with `echodeploy bench --backends torch-bf16`")
     if precision not in ONNX_PRECISIONS:
         raise ExportError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+@dataclass(frozen=True)
+class Precisions:
+    """A precision per model: `default` for every model not named in `models`."""
+
+    default: str = "fp32"
+    models: tuple[tuple[str, str], ...] = ()
+
+    def of(self, model: str) -> str:
+        return dict(self.models).get(model, self.default)
+
+
+def parse_precisions(text: str) -> Precisions:
+    """`--precision`: `int8` (every model), `mmode_lvid=int8,mmode_quality=fp32` (per model), or both
+    (`fp32,mmode_lvid=int8`: the plain one is the default)."""
+    default, models = "fp32", {}
+    for entry in (e.strip() for e in text.split(",") if e.strip()):
+        name, _, value = entry.rpartition("=")
+        check_precision(value)
+        if name:
+            models[model_spec(name.strip().lower()).name] = value
+        else:
+            default = value
+    return Precisions(default, tuple(sorted(models.items())))
+
+
+def precision_of(precision: str | Precisions, model: str) -> str:
+    """The precision one model is exported at."""
+    return precision.of(model) if isinstance(precision, Precisions) else precision
 
 
 class _Feeds:

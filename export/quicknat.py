@@ -4,7 +4,7 @@ Input  [N, 1, 256, 256] float grey values 0..255 (no scaling).
 Output [N, 1, 256, 256] raw logits (callers apply sigmoid, then round).
 
 Construction as published: num_channels 1, num_class 1, num_filters 64,
-kernel 5x5 (padding 2), stride_conv 1, max-pool 2 / stride 2 with indices,
+kernel 5x5 (padding 2), stride_conv 1, max-pool 2 / stride 2 (unpooled to each window's max),
 no squeeze-excitation, Dropout2d(0.2) after every block except the
 classifier (inactive here: the module is meant to be used in eval mode).
 
@@ -12,8 +12,8 @@ Every block ("dense block") is, with one PReLU shared inside the block:
     y1 = conv1(prelu(bn1(x)))                       5x5 -> 64
     y2 = conv2(prelu(bn2(cat[x, y1])))              5x5 -> 64
     out = conv3(prelu(bn3(cat[x, y1, y2])))         1x1 -> 64
-Encoders: out -> maxpool (keep out as skip, keep indices).
-Decoders: maxunpool(previous, indices) -> cat[skip, unpooled] -> dense block.
+Encoders: out -> maxpool (keep out as skip).
+Decoders: maxunpool(previous, where skip had its window maxima) -> cat[skip, unpooled] -> dense block.
 
 bn_mode:
   "seed"    -- what the published tool ran: it never called eval(), so each
@@ -84,36 +84,44 @@ class QuickNAT(nn.Module):
 
     def _encode(self, block, x):
         skip = self._dense(block, x)
-        pooled, indices = F.max_pool2d(skip, kernel_size=2, stride=2, return_indices=True)
-        return pooled, skip, indices
+        return F.max_pool2d(skip, kernel_size=2, stride=2), skip
 
     @staticmethod
-    def _max_unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        # Same result as F.max_unpool2d(x, indices, 2, 2): each value goes back to
-        # the flat position (within its HxW plane) its max-pool index points at,
-        # zeros elsewhere. Written as a scatter because the TorchScript ONNX
-        # exporter cannot trace F.max_unpool2d (its Python-side size check
-        # fails on traced shapes); both exporters handle scatter.
-        n, c, h, w = x.shape
-        planes = x.new_zeros(n, c, 4 * h * w)
-        planes = planes.scatter(2, indices.flatten(2), x.flatten(2))
-        return planes.view(n, c, 2 * h, 2 * w)
+    def _max_unpool(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """F.max_unpool2d(x, indices of F.max_pool2d(skip, 2, 2)) without the indices.
 
-    def _decode(self, block, x, skip, indices):
-        unpooled = self._max_unpool(x, indices)
-        return self._dense(block, torch.cat([skip, unpooled], dim=1))
+        Each value of x goes back to the position of its window's maximum in skip, the first
+        one in row-major order on ties (as max-pool's indices do), zeros elsewhere. Built from
+        comparisons only: the indices output of ONNX MaxPool (and torch's per-plane offsets,
+        exported as a second 1x1 MaxPool) has no optimised kernel in OpenVINO, where it ran
+        as a reference implementation for 60% of QuickNAT's time (docs/BENCHMARKS.md).
+        """
+        n, c, h, w = skip.shape
+        corners = [skip[:, :, dy::2, dx::2] for dy in (0, 1) for dx in (0, 1)]  # each window's 4 values
+        top = torch.maximum(torch.maximum(corners[0], corners[1]), torch.maximum(corners[2], corners[3]))
+        first = corners[0] == top
+        second = (corners[1] == top) & ~first
+        third = (corners[2] == top) & ~(first | second)
+        fourth = ~(first | second | third)
+        zero = torch.zeros_like(x)
+        placed = [torch.where(at, x, zero) for at in (first, second, third, fourth)]
+        rows = [torch.stack(placed[:2], -1), torch.stack(placed[2:], -1)]  # (n, c, h/2, w/2, dx)
+        return torch.stack(rows, 3).reshape(n, c, h, w)  # (n, c, h/2, dy, w/2, dx)
+
+    def _decode(self, block, x, skip):
+        return self._dense(block, torch.cat([skip, self._max_unpool(x, skip)], dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e1, skip1, ind1 = self._encode(self.encode1, x)     # 256 -> 128
-        e2, skip2, ind2 = self._encode(self.encode2, e1)    # 128 -> 64
-        e3, skip3, ind3 = self._encode(self.encode3, e2)    # 64 -> 32
-        e4, skip4, ind4 = self._encode(self.encode4, e3)    # 32 -> 16
+        e1, skip1 = self._encode(self.encode1, x)     # 256 -> 128
+        e2, skip2 = self._encode(self.encode2, e1)    # 128 -> 64
+        e3, skip3 = self._encode(self.encode3, e2)    # 64 -> 32
+        e4, skip4 = self._encode(self.encode4, e3)    # 32 -> 16
         b = self._dense(self.bottleneck, e4)                # 16
         # The published net applies its decoders in the order 4, 1, 2, 3: the
         # attribute names do not follow depth. Shapes force the pairing below
         # (decode4 with the deepest skip, decode3 with the shallowest).
-        d = self._decode(self.decode4, b, skip4, ind4)      # 16 -> 32
-        d = self._decode(self.decode1, d, skip3, ind3)      # 32 -> 64
-        d = self._decode(self.decode2, d, skip2, ind2)      # 64 -> 128
-        d = self._decode(self.decode3, d, skip1, ind1)      # 128 -> 256
+        d = self._decode(self.decode4, b, skip4)      # 16 -> 32
+        d = self._decode(self.decode1, d, skip3)      # 32 -> 64
+        d = self._decode(self.decode2, d, skip2)      # 64 -> 128
+        d = self._decode(self.decode3, d, skip1)      # 128 -> 256
         return self.classifier["conv"](d)                   # logits

@@ -1,10 +1,11 @@
 """Triton model repository: one `config.pbtxt` per exported model plus per-view ensembles.
 
-Three targets with the same model names, tensors and metadata, so a client cannot tell them
+Four targets with the same model names, tensors and metadata, so a client cannot tell them
 apart: `gpu` (NGC tritonserver: ONNX Runtime backend with the TensorRT accelerator, FP16,
 engine and timing caches), `cpu` (portable: Python-backend models running the same
-ONNX files on ONNX Runtime) and `gpu-torch` (any tritonserver with the Python backend, such
-as nvidia-pytriton's: Python-backend models running the same weights in PyTorch on the
+ONNX files on ONNX Runtime), `openvino` (CPU nodes with the NGC tritonserver: its OpenVINO
+backend runs the same ONNX files) and `gpu-torch` (any tritonserver with the Python backend,
+such as nvidia-pytriton's: Python-backend models running the same weights in PyTorch on the
 GPU, or the CPU where there is none; tensors through DLPack). Configs are built as dicts and parsed through Triton's own
 `ModelConfig` protobuf, so a schema error fails here, not in the server.
 """
@@ -25,8 +26,8 @@ from echodeploy.export.onnx_export import read_metadata
 from echodeploy.repository import MODEL_FILENAME, VERSION
 from echodeploy.specs import ModelSpec, cmr_model, mmode_model, view_ensemble_name
 
-Target = Literal["cpu", "gpu", "gpu-torch"]
-TARGETS = ("cpu", "gpu", "gpu-torch")
+Target = Literal["cpu", "gpu", "openvino", "gpu-torch"]
+TARGETS = ("cpu", "gpu", "openvino", "gpu-torch")
 ADAPTER = Path(__file__).with_name("onnx_model.py")
 TORCH_ADAPTER = Path(__file__).with_name("torch_model.py")
 NETWORKS = "echodeploy_networks"  # the torch-only modules the gpu-torch adapter imports
@@ -83,7 +84,13 @@ def model_config(spec: ModelSpec, metadata: dict[str, str], target: Target, max_
         config["parameters"].update(_parameters({"echodeploy.precision": "fp32", "torch_precision": "fp32",
                                                  "FORCE_CPU_ONLY_INPUT_TENSORS": "no"}))
         return config
-
+    if target == "openvino":
+        # one stream per instance: the dynamic batcher fills the batch, instances add parallelism
+        config["backend"] = "openvino"
+        config["default_model_filename"] = MODEL_FILENAME
+        config["instance_group"] = [{"kind": "KIND_CPU", "count": instances}]
+        config["parameters"].update(_parameters({"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}))
+        return config
     def profile(batch: int) -> str:
         return ",".join(f"{t.name}:{batch}x{'x'.join(map(str, t.shape))}" for t in spec.inputs)
 
