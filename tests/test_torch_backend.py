@@ -31,7 +31,7 @@ def echo_manifest(tmp_path_factory):
 def test_cmr_bulk_run_on_torch_equals_onnxruntime(echo_manifest, repository, tmp_path):
     """Same generated videos, the exported ONNX (seed 0) vs torch with the same seeded weights."""
     common = ("cmr", str(echo_manifest), "--view", "A4C", "--tasks", "scar", "--batch-size", "2", "--workers", "0")
-    onnx = run_cli(*common, "--out", str(tmp_path / "onnx"), "--repository", str(repository))
+    onnx = run_cli(*common, "--out", str(tmp_path / "onnx"), "--repository", str(repository), "--backend", "onnxruntime")
     assert onnx.returncode == 0, onnx.stderr
     torch_run = run_cli(*common, "--out", str(tmp_path / "torch"), "--backend", "torch", "--untrained")
     assert torch_run.returncode == 0, torch_run.stderr
@@ -45,7 +45,8 @@ def test_mmode_bulk_run_on_torch_equals_onnxruntime(mmode_repository, tmp_path):
     trace, _ = synthetic_mmode(length=900, heart_rate_bpm=480, seed=5)
     write_mmode_dicom(tmp_path / "data" / "mouse.dcm", trace)
     common = ("mmode", str(tmp_path / "data"), "--mass", "22", "--no-figures")
-    onnx = run_cli(*common, "--out", str(tmp_path / "onnx"), "--repository", str(mmode_repository))
+    onnx = run_cli(*common, "--out", str(tmp_path / "onnx"), "--repository", str(mmode_repository),
+                   "--backend", "onnxruntime")
     assert onnx.returncode == 0, onnx.stderr
     torch_run = run_cli(*common, "--out", str(tmp_path / "torch"), "--backend", "torch", "--untrained")
     assert torch_run.returncode == 0, torch_run.stderr

@@ -118,7 +118,8 @@ def test_cmr_cli_on_triton_equals_embedded(triton, repository, tmp_path):
         write_avi(data / f"v{i}.avi", synthetic_echo(34 + i, seed=i))
     (data / "broken.avi").write_bytes(b"junk" * 10)
     common = ["--view", "A4C", "--tasks", "scar,t1", "--batch-size", "3", "--repository", str(repository)]
-    embedded = run_cli("cmr", str(data), "--out", str(tmp_path / "e"), *common)
+    # the Triton cpu target runs ONNX Runtime: compare it with the embedded ONNX Runtime
+    embedded = run_cli("cmr", str(data), "--out", str(tmp_path / "e"), *common, "--backend", "onnxruntime")
     served = run_cli("cmr", str(data), "--out", str(tmp_path / "t"), *common, "--backend", "triton",
                      "--url", triton.grpc_url, "--url", triton.grpc_url)  # two URLs: round-robin
     assert embedded.returncode == served.returncode == 1, served.stderr
@@ -196,7 +197,7 @@ def test_mmode_cli_on_triton_equals_embedded(triton, tmp_path):
         write_mmode_dicom(data / f"m{i}.dcm", synthetic_mmode(length=1400, seed=i)[0])
     common = ["mmode", str(data), "--mass", "20", "--no-figures", "--repository", str(triton.repository),
               "--batch-size", "3"]
-    embedded = run_cli(*common, "--out", str(tmp_path / "e"))
+    embedded = run_cli(*common, "--out", str(tmp_path / "e"), "--backend", "onnxruntime")
     served = run_cli(*common, "--out", str(tmp_path / "t"), "--backend", "triton", "--url", triton.grpc_url)
     assert embedded.returncode == served.returncode == 0, served.stderr
     a, b = pd.read_csv(tmp_path / "e" / "features_stats.csv"), pd.read_csv(tmp_path / "t" / "features_stats.csv")
