@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[export,server,openvino,test]"
+	$(BIN)/pip install --quiet -e ".[export,server,openvino,ray,test]"
 	touch $@
 
 # The local tritonserver runs in its own venv: nvidia-pytriton pins numpy<2.
