@@ -56,6 +56,16 @@ TorchPrecision = Annotated[Optional[str], typer.Option(
 TorchGraph = Annotated[Optional[str], typer.Option(
     help="--backend torch: 'eager' (default), 'cuda-graph' (CUDA: one graph per batch shape) or 'compile' "
          "(torch.compile); the latter two pad every batch to --batch-size.")]
+EngineName = Annotated[str, typer.Option(
+    "--engine", help="'local' (this process, decoding in --workers processes) or 'ray' (a Ray Data pipeline: "
+                     "decode tasks and inference actors on a Ray cluster; needs `pip install echodeploy[ray]`).")]
+RayAddress = Annotated[Optional[str], typer.Option(
+    "--ray-address", envvar="RAY_ADDRESS",
+    help="--engine ray: the cluster (HOST:PORT, or 'auto' on a cluster node); default: a local instance on loopback.")]
+Actors = Annotated[int, typer.Option(
+    help="--engine ray: inference actors, each with its own backend (ONNX Runtime session or Triton client).")]
+ShardOption = Annotated[Optional[str], typer.Option(
+    "--shard", help="Run shard K of N (K/N) of the inputs, into an --out of its own; `echodeploy merge` joins them.")]
 ServerEnv = Annotated[Path, typer.Option(envvar="ECHODEPLOY_SERVER_ENV",
                                          help="Virtual environment of the local tritonserver (numpy 1.x).")]
 StudyModel = Annotated[Optional[Path], typer.Option(
@@ -207,9 +217,13 @@ def cmr(
     device: TorchDevice = None,
     precision: TorchPrecision = None,
     graph: TorchGraph = None,
+    engine_name: EngineName = "local",
+    ray_address: RayAddress = None,
+    actors: Actors = 1,
+    shard: ShardOption = None,
 ):
     """Predict CMR findings for every video of a manifest or folder."""
-    from echodeploy.client.runs.cmr import CmrOptions, run_cmr
+    from echodeploy.client.runs.cmr import CmrOptions, CmrPipeline
     from echodeploy.client.runs.inputs import read_inputs
     from echodeploy.specs import cmr_model
 
@@ -226,8 +240,10 @@ def cmr(
         inputs = read_inputs(source, view, data_root, allow_outside_root)
         views = [v for v in inputs["view"].dropna().unique() if v in VIEWS][:1]
         probe = [cmr_model(v, task) for v in views for task in options.tasks]
-        engine = make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds, settings, probe)
-        _run_bulk(lambda b: run_cmr(inputs, b, out, options), engine, out)
+        backend_args = (backend, repository, url, protocol, max_in_flight, retry_seconds, settings, probe)
+        run = _bulk_engine(engine_name, ray_address, workers, actors, shard, out, backend_args)
+        engine = make_backend(*backend_args)
+        _run_bulk(lambda b: run(CmrPipeline(inputs, options), b), engine, out)
     except EchodeployError as exc:
         _fail(str(exc))
 
@@ -281,6 +297,36 @@ def make_backend(name: str, repository: Path, urls, protocol: str, max_in_flight
 
         return TritonBackend(urls, protocol=protocol, max_in_flight=max_in_flight, retry_seconds=retry_seconds)
     raise EchodeployError(f"unknown backend {name!r}; known: auto, {', '.join(EMBEDDED)}, triton, torch")
+
+
+def _bulk_engine(name: str, ray_address: str | None, workers: int, actors: int, shard: str | None, out: Path,
+                 backend_args: tuple):
+    """`run(pipeline, backend) -> RunSummary` on the chosen engine, for the whole input or one shard;
+    checked before any input is read."""
+    from echodeploy.client.runs.runner import run_bulk
+
+    if name == "local":
+        def run(pipeline, backend):
+            return run_bulk(pipeline, backend, out, workers)
+    elif name == "ray":
+        import functools
+
+        from echodeploy.client.runs.ray_engine import RayOptions, import_ray, run_ray
+
+        import_ray()
+        options = RayOptions(address=ray_address, workers=max(workers, 1), actors=actors)
+        factory = functools.partial(make_backend, *backend_args)  # each actor builds its own backend
+
+        def run(pipeline, backend):
+            return run_ray(pipeline, backend, factory, out, options)
+    else:
+        raise EchodeployError(f"unknown engine {name!r}; known: local, ray")
+    if shard is None:
+        return run
+    from echodeploy.client.runs.shards import parse_shard, run_shard
+
+    part = parse_shard(shard)
+    return lambda pipeline, backend: run_shard(pipeline, part, backend, out, lambda p: run(p, backend))
 
 
 def _run_bulk(run, backend, out: Path) -> None:
@@ -405,10 +451,14 @@ def mmode(
     device: TorchDevice = None,
     precision: TorchPrecision = None,
     graph: TorchGraph = None,
+    engine_name: EngineName = "local",
+    ray_address: RayAddress = None,
+    actors: Actors = 1,
+    shard: ShardOption = None,
 ):
     """LVID in diastole/systole, LV volume and heart rate from mouse M-mode DICOMs (good-quality beats)."""
     from echodeploy.client.results.mmode_features import DEFAULT_MAX_BPM
-    from echodeploy.client.runs.mmode import MModeOptions, read_mmode_inputs, run_mmode
+    from echodeploy.client.runs.mmode import MModeOptions, MModePipeline, read_mmode_inputs
     from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, mmode_model
 
     try:
@@ -417,8 +467,10 @@ def mmode(
         settings = torch_options(backend, weights_dir, untrained, seed, device, precision, graph, batch_size, bn_mode)
         inputs = read_mmode_inputs(source, mass, mass_csv)
         probe = [mmode_model(name, bn_mode) for name in (MMODE_LVID, MMODE_QUALITY)]
-        engine = make_backend(backend, repository, url, protocol, max_in_flight, retry_seconds, settings, probe)
-        _run_bulk(lambda b: run_mmode(inputs, b, out, options), engine, out)
+        backend_args = (backend, repository, url, protocol, max_in_flight, retry_seconds, settings, probe)
+        run = _bulk_engine(engine_name, ray_address, workers, actors, shard, out, backend_args)
+        engine = make_backend(*backend_args)
+        _run_bulk(lambda b: run(MModePipeline(inputs, options, out), b), engine, out)
     except EchodeployError as exc:
         _fail(str(exc))
 
@@ -459,6 +511,23 @@ def pheno(
                f"{' and figures' if result.figures else ''} in {out}")
     if (result.excluded["level"] != "beat").any():
         raise typer.Exit(EXIT_ITEM_ERRORS)
+
+
+@app.command()
+def merge(
+    shards: Annotated[list[Path], typer.Argument(help="Every shard folder of the run (the --out of each --shard K/N).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the merged outputs (not a shard folder).")],
+):
+    """Join the folders of a sharded run (`--shard K/N`) into the files one unsharded run writes."""
+    from echodeploy.client.runs.shards import merge_shards
+
+    try:
+        summary = merge_shards(shards, out)
+    except EchodeployError as exc:
+        _fail(str(exc))
+    _print_summary(summary)
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
 
 
 @app.command()
