@@ -12,7 +12,6 @@ interrupt. Ray is imported only here; without it, `--engine ray` says how to ins
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import pickle
@@ -21,12 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from echodeploy.backend import Backend
 from echodeploy.client.backends.batching import guarded_read
-from echodeploy.client.runs.journal import Journal, fingerprint
-from echodeploy.client.runs.runner import JOURNAL, Pipeline, RunSummary
+from echodeploy.client.runs.runner import Pipeline, RunSummary, run_journaled, start_record
 from echodeploy.errors import EchodeployError
 
 log = logging.getLogger(__name__)
@@ -96,24 +93,14 @@ def run_ray(pipeline: Pipeline, backend: Backend, make_backend: Callable[[], Bac
             options: RayOptions) -> RunSummary:
     """Run every unfinished row of `pipeline` on Ray; `backend` checks the models here, each actor
     builds its own with `make_backend`. Outputs are written even when interrupted."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pipeline.open(backend)  # the models are checked before Ray starts; the pipeline learns what they are
-    prints = [fingerprint(path) for path in pipeline.paths]
-    with Journal(out_dir / JOURNAL) as journal:
-        todo = [i for i, key in enumerate(pipeline.keys) if not journal.is_done(key, prints[i])]
-        total = len(pipeline.keys)
-        if len(todo) < total:
-            log.info("resuming: %d of %d %s already done", total - len(todo), total, pipeline.counted)
-        try:
-            if todo:
-                _stream(pipeline, make_backend, todo, prints, journal, options, total)
-        finally:
-            summary = pipeline.write_outputs(journal.records, out_dir)
-    return summary
+    def on_ray(todo: list[int], prints: list[str], inference, finish: Callable[[list[dict]], None]) -> None:
+        if todo:
+            _stream(pipeline, make_backend, todo, prints, finish, options)
+
+    return run_journaled(pipeline, backend, out_dir, on_ray)
 
 
-def _stream(pipeline, make_backend, todo, prints, journal, options: RayOptions, total: int) -> None:
+def _stream(pipeline, make_backend, todo, prints, finish, options: RayOptions) -> None:
     ray = import_ray()
     started = connect(options)
     try:
@@ -131,13 +118,10 @@ def _stream(pipeline, make_backend, todo, prints, journal, options: RayOptions, 
                          batch_format="numpy", num_cpus=1, compute=ray.data.ActorPoolStrategy(size=options.actors))
         )
         seen: set[str] = set()
-        with tqdm(total=total, initial=total - len(todo), unit=pipeline.unit, desc=pipeline.name,
-                  dynamic_ncols=True) as progress:
-            for row in _rows(dataset):
-                finished = [r for r in pickle.loads(row["records"]) if r["key"] not in seen]
-                seen.update(r["key"] for r in finished)  # a retried task may stream a batch again
-                journal.append(finished)
-                progress.update(len(finished))
+        for row in _rows(dataset):
+            finished = [r for r in pickle.loads(row["records"]) if r["key"] not in seen]
+            seen.update(r["key"] for r in finished)  # a retried task may stream a batch again
+            finish(finished)
     finally:
         if started:
             ray.shutdown()
@@ -183,7 +167,7 @@ class _InferenceActor:
         finished = []
         for index, key, print_, read in zip(batch["index"], batch["key"], batch["fingerprint"], batch["read"]):
             payload, fields = pickle.loads(read)
-            record = {"key": str(key), "fingerprint": str(print_), **fields, **copy.deepcopy(self.inference.defaults)}
+            record = start_record(str(key), str(print_), fields, self.inference)
             finished += [record] if payload is None else self.inference.add(int(index), record, payload)
         finished += self.inference.flush()
         return {"records": np.array([pickle.dumps(finished, protocol=pickle.HIGHEST_PROTOCOL)], dtype=object)}

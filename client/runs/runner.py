@@ -89,6 +89,22 @@ def records_in_order(pipeline: Pipeline, records: dict[str, dict]) -> list[dict]
 
 def run_bulk(pipeline: Pipeline, backend: Backend, out_dir: Path, workers: int) -> RunSummary:
     """Run every unfinished row of `pipeline` on `backend`; outputs are written even when interrupted."""
+    def decode_here(todo: list[int], prints: list[str], inference: Inference, finish: Callable[[list[dict]], None]):
+        jobs = [(i, (guarded_read, *_flat(pipeline.read_job(i)))) for i in todo]
+        window = max(2 * workers, 1) + pipeline.read_ahead
+        with decode_executor(workers) as executor:
+            for (i, _), (payload, fields) in ordered_results(executor, jobs, window):
+                record = start_record(pipeline.keys[i], prints[i], fields, inference)
+                finish([record] if payload is None else inference.add(i, record, payload))
+            finish(inference.flush())
+
+    return run_journaled(pipeline, backend, out_dir, decode_here)
+
+
+def run_journaled(pipeline: Pipeline, backend: Backend, out_dir: Path, process: Callable) -> RunSummary:
+    """What every engine shares: check the models, skip journaled rows, journal and count each finished
+    record, and write the outputs (also when interrupted). `process(todo, prints, inference, finish)`
+    runs the rows `todo` (input fingerprints `prints`) and passes records to `finish` as they finish."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     inference = pipeline.open(backend)
@@ -99,22 +115,21 @@ def run_bulk(pipeline: Pipeline, backend: Backend, out_dir: Path, workers: int) 
         if len(todo) < total:
             log.info("resuming: %d of %d %s already done", total - len(todo), total, pipeline.counted)
         try:
-            jobs = [(i, (guarded_read, *_flat(pipeline.read_job(i)))) for i in todo]
-            window = max(2 * workers, 1) + pipeline.read_ahead
-            with decode_executor(workers) as executor, tqdm(total=total, initial=total - len(todo), unit=pipeline.unit,
-                                                            desc=pipeline.name, dynamic_ncols=True) as progress:
-                for (i, _), (payload, fields) in ordered_results(executor, jobs, window):
-                    record = {"key": pipeline.keys[i], "fingerprint": prints[i], **fields,
-                              **copy.deepcopy(inference.defaults)}
-                    finished = [record] if payload is None else inference.add(i, record, payload)
-                    journal.append(finished)
-                    progress.update(len(finished))
-                finished = inference.flush()
-                journal.append(finished)
-                progress.update(len(finished))
+            with tqdm(total=total, initial=total - len(todo), unit=pipeline.unit, desc=pipeline.name,
+                      dynamic_ncols=True) as progress:
+                def finish(records: list[dict]) -> None:
+                    journal.append(records)
+                    progress.update(len(records))
+
+                process(todo, prints, inference, finish)
         finally:
             summary = pipeline.write_outputs(journal.records, out_dir)
     return summary
+
+
+def start_record(key: str, print_: str, fields: dict, inference: Inference) -> dict:
+    """A row's record as read (status, reason, notes, decode time), before inference adds to it."""
+    return {"key": key, "fingerprint": print_, **fields, **copy.deepcopy(inference.defaults)}
 
 
 def _flat(job: tuple[Callable, tuple]) -> tuple:
