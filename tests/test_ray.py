@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
+from echodeploy.client.backends.server import free_port
 from echodeploy.client.runs import ray_engine
 from echodeploy.errors import EchodeployError
 from echodeploy.samples import synthetic_echo, synthetic_mmode, write_avi, write_mmode_dicom
@@ -49,11 +50,12 @@ def _listening_ports(pid: int) -> set[str]:
 
 def test_local_instance_listens_on_loopback_only(cluster):
     assert cluster.startswith("127.0.0.1:")
-    gcs = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(int(p)).startswith(str(Path(ray.__file__).parent))
-           and "gcs_server" in _cmdline(int(p))]
-    assert gcs, "the instance's gcs_server process"
-    hosts = _listening_ports(int(gcs[0]))
-    assert hosts and hosts <= {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, ::ffff:127.0.0.1
+    core = Path(ray.__file__).parent / "core"
+    servers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _cmdline(int(p)).startswith(str(core))]
+    assert len(servers) >= 2, "the instance's gcs_server and raylet"
+    for pid in servers:
+        hosts = _listening_ports(pid)
+        assert hosts and hosts <= {"0100007F", "0000000000000000FFFF00000100007F"}, _cmdline(pid)[:80]
 
 
 def _cmdline(pid: int) -> str:
@@ -193,3 +195,11 @@ def test_triton_backend_through_ray(cluster, triton, cmr_data, tmp_path):
     assert local.returncode == on_ray.returncode == 1, on_ray.stderr
     assert (pd.read_csv(tmp_path / "ray" / "predictions.csv")["status"] == "ok").sum() == 5
     _same_table(tmp_path / "local" / "predictions.csv", tmp_path / "ray" / "predictions.csv", ["scar_prob"])
+
+
+def test_unreachable_cluster_is_one_clear_line(cmr_data, repository, tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    result = run_cli("cmr", str(cmr_data), *CMR, "--repository", str(repository), "--out", str(tmp_path / "o"),
+                     "--engine", "ray", "--ray-address", address, timeout=120)
+    assert result.returncode == 2
+    assert f"error: cannot reach the Ray cluster at {address}: Connection refused" in result.stderr

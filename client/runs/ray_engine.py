@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ def connect(options: RayOptions) -> bool:
         return False
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     if options.address:
+        _check_reachable(options.address)
         try:
             ray.init(address=options.address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -74,6 +76,17 @@ def connect(options: RayOptions) -> bool:
         return True
     start_local(num_cpus=max(os.cpu_count() or 1, options.workers + options.actors))
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once on a HOST:PORT nobody listens on (Ray itself would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not port.isdigit():
+        return  # 'auto' or a ray:// client address: Ray resolves it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise EchodeployError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from exc
 
 
 def start_local(num_cpus: int, object_store_memory: int | None = None) -> str:
