@@ -34,7 +34,7 @@ from echodeploy.errors import EchodeployError
 log = logging.getLogger(__name__)
 
 SHARD_FILE, INPUTS_FILE = "shard.json", "inputs.json"
-NAME_COLUMNS = ("file", "filename", "FileName", "path", VIDEO)  # a row's name: the first of these it has
+NAME_COLUMNS = ("file", "filename", "FileName", VIDEO, "path")  # a row's name: the first of these it has
 IGNORED_OPTIONS = ("workers",)  # how fast a shard ran, not what it computed
 IGNORED_METADATA = ("echodeploy.agreement",)  # a long report, already covered by the weights' sha256
 
