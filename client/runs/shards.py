@@ -5,8 +5,9 @@ A row belongs to shard `sha256(name) mod N`, its name being its input's own name
 Video_Unique_ID, never its position), so rows added to the inputs later do not move finished
 rows to another shard. A shard runs the pipeline on its rows under the whole run's journal keys,
 in a folder of its own, and records there what `merge` needs: the pipeline and its options, the
-models' metadata, and the whole input table. `merge` refuses shards that disagree (naming the
-difference), joins their journals, and writes the outputs (and metrics) of all the rows.
+models' metadata (and what opening them told the pipeline), and the whole input table. `merge`
+refuses shards that disagree (naming the difference), joins their journals, and writes the
+outputs (and metrics) of all the rows.
 """
 
 from __future__ import annotations
@@ -112,9 +113,11 @@ def run_shard(pipeline: Pipeline, shard: Shard, backend: Backend, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     part = shard_pipeline(pipeline, shard)
     recorder = ModelRecorder(backend)
+    before = dict(vars(part))
     part.open(recorder)  # checks the models and notes what they are
+    learned = {name: value for name, value in vars(part).items() if before.get(name) is not value}
     record = {"pipeline": pipeline.name, "shard": [shard.index, shard.count], "rows": len(part.keys),
-              "options": _options(pipeline), "models": recorder.models, "untrained": part.untrained}
+              "options": _options(pipeline), "models": recorder.models, "learned": learned}
     previous = out_dir / SHARD_FILE
     if previous.exists():
         found = _load(previous)
@@ -159,7 +162,7 @@ def merge_shards(folders: list[Path], out_dir: Path) -> RunSummary:
 
 def _options(pipeline: Pipeline) -> dict:
     options = dataclasses.asdict(pipeline.options)
-    return json.loads(json.dumps(options))  # tuples as lists, as they read back
+    return json.loads(json.dumps(options, default=str))  # tuples as lists and paths as text, as they read back
 
 
 def _label(record: dict) -> str:
@@ -172,7 +175,7 @@ def _load(path: Path) -> dict:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise EchodeployError(f"{path}: not a readable shard record ({exc})") from exc
-    if not isinstance(record, dict) or not {"pipeline", "shard", "options", "models", "inputs_sha256"} <= set(record):
+    if not isinstance(record, dict) or not {"pipeline", "shard", "options", "models", "learned", "inputs_sha256"} <= set(record):
         raise EchodeployError(f"{path}: not a shard record (written by an interrupted or other program?)")
     return record
 
@@ -261,12 +264,13 @@ def _read_inputs(path: Path, sha256: str) -> pd.DataFrame:
 
 def _rebuild(record: dict, inputs: pd.DataFrame, out_dir: Path) -> Pipeline:
     """The whole run's pipeline, as the shards ran it, writing into `out_dir`."""
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in record["options"].items()}
-    if record["pipeline"] == "cmr":
-        pipeline = CmrPipeline(inputs, CmrOptions(**options))
-    elif record["pipeline"] == "mmode":
-        pipeline = MModePipeline(inputs, MModeOptions(**options), out_dir)
-    else:
+    kinds = {"cmr": CmrOptions, "mmode": MModeOptions}
+    if record["pipeline"] not in kinds:
         raise EchodeployError(f"unknown pipeline {record['pipeline']!r} in a shard record")
-    pipeline.untrained = record["untrained"]
+    paths = {f.name for f in dataclasses.fields(kinds[record["pipeline"]]) if "Path" in str(f.type)}
+    options = kinds[record["pipeline"]](**{
+        k: tuple(v) if isinstance(v, list) else Path(v) if k in paths and v is not None else v
+        for k, v in record["options"].items()})
+    pipeline = CmrPipeline(inputs, options) if record["pipeline"] == "cmr" else MModePipeline(inputs, options, out_dir)
+    vars(pipeline).update(record["learned"])  # what opening the models taught it (untrained models, ...)
     return pipeline
