@@ -36,7 +36,7 @@ lint: setup
 	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w build/layers . 2>/dev/null
 	cd build/layers && $(PYTHON) -m zipfile -e *.whl . && PYTHONPATH=. ../../$(BIN)/lint-imports ../../pyproject.toml
 
-test: lint server-env
+test: lint server-env-torch
 	$(BIN)/python -m pytest
 
 clean:
