@@ -93,7 +93,8 @@ def _journal_keys(out: Path) -> list[str]:
 
 
 def test_ray_writes_what_the_local_engine_writes_cmr(cluster, cmr_data, repository, tmp_path):
-    common = [str(cmr_data), *CMR, "--batch-size", "3", "--repository", str(repository)]
+    # one named backend, so that both print the same lines (`auto` says what it measured)
+    common = [str(cmr_data), *CMR, "--batch-size", "3", "--repository", str(repository), "--backend", "onnxruntime"]
     local = run_cli("cmr", *common, "--out", str(tmp_path / "local"))
     on_ray = run_cli("cmr", *common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--ray-address", cluster,
                      "--actors", "1")
