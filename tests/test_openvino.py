@@ -52,7 +52,8 @@ def test_openvino_matches_onnxruntime(engines, spec):
         assert got.shape == expected.shape and len(got) == batch
         if spec.name == MMODE_LVID:
             assert set(np.unique(expected)) <= {0.0, 1.0} and ((got == expected).mean() >= 0.999)
-        else:  # OpenVINO's CardioNet differs by up to 3e-4 on some windows: the default choice then refuses it
+        else:  # CardioNet: OpenVINO's MVN after a convolution rounds ~20x more than ONNX Runtime's on
+            # near-empty ReLU maps (docs/BENCHMARKS.md), up to 3e-4 in probability: `auto` then refuses it
             np.testing.assert_allclose(got, expected, atol=1e-3 if spec.name == MMODE_QUALITY else 1e-4, rtol=0)
 
 
@@ -201,6 +202,11 @@ def test_triton_openvino_target(mmode_repository, tmp_path):
         assert not (tmp_path / name / "1" / "model.py").exists()
     assert parse_config((tmp_path / "cmr_a4c" / "config.pbtxt").read_text()).platform == "ensemble"
     assert (tmp_path / "TARGET").read_text() == "openvino\n"
+    # the local tritonserver (nvidia-pytriton) has no OpenVINO backend: serve says so before starting
+    served = run_cli("serve", "--repository", str(tmp_path), "--no-setup", timeout=60)
+    assert served.returncode == 2, served.stdout + served.stderr
+    assert "openvino-target repository" in served.stderr and "NGC tritonserver image" in served.stderr
+    assert "Traceback" not in served.stderr
 
 
 def test_exported_quicknat_has_no_slow_operators(mmode_repository):

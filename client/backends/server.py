@@ -27,6 +27,11 @@ DEFAULT_SERVER_ENV = Path(".venv-server")
 SERVER_REQUIREMENTS = ("nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime>=1.18")
 SERVER_TORCH = ("torch==2.13.0", "numpy<2")  # the gpu-torch target's models; pinned as in the Makefile
 LOOPBACK = "127.0.0.1"
+# Triton targets whose configs need backends the nvidia-pytriton server lacks (it has the Python backend only)
+NGC_ONLY_TARGETS = {
+    "gpu": "the ONNX Runtime (or TensorRT) backend on a GPU",
+    "openvino": "the OpenVINO backend",
+}
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -87,6 +92,17 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def refuse_ngc_only_target(repository: Path) -> None:
+    """A BackendError naming what to do when the repository's target needs an NGC tritonserver."""
+    marker = repository / "TARGET"
+    target = marker.read_text().strip() if marker.is_file() else ""
+    if target in NGC_ONLY_TARGETS:
+        raise BackendError(
+            f"{repository} is a {target}-target repository: its models need {NGC_ONLY_TARGETS[target]}, "
+            "which only the NGC tritonserver image has (docker compose up, README 'GPU nodes'); "
+            "the local server runs `echodeploy export --target cpu` or `--target gpu-torch` repositories")
+
+
 @dataclass
 class TritonServer:
     """Start, wait for, and stop a tritonserver bound to `host` (loopback by default)."""
@@ -113,6 +129,7 @@ class TritonServer:
     def start(self, timeout: float = 180) -> TritonServer:
         if self._process is not None:
             raise BackendError("this server is already running")
+        refuse_ngc_only_target(Path(self.repository))
         install = _ServerInstall.find(Path(self.env).absolute())
         self._workdir = tempfile.TemporaryDirectory(prefix="echodeploy-triton-")
         backends = Path(self._workdir.name) / "backends"
