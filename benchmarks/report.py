@@ -83,14 +83,23 @@ def agreement_table(result: dict) -> list[str]:
     return lines
 
 
+def _peak_spread(result: dict) -> str:
+    measured = result.get("peaks_measured")
+    if not measured:
+        return ""
+    return " (fp32 measured {:.0f} before, {:.0f} after)".format(
+        measured["before"]["fp32_matmul_gflops"], measured["after"]["fp32_matmul_gflops"])
+
+
 def markdown(result: dict) -> str:
     m, peaks = result["machine"], result["peaks"]
     parts = [
         f"# echodeploy bench, {result['date']}", "",
         f"Machine: {m['cpu']}, {m['threads']} threads; torch {m['torch']}, onnxruntime {m['onnxruntime']}"
         + (f", openvino {m['openvino']}" if m.get("openvino") else "") + ". "
-        f"Peaks measured in this run: fp32 matmul {peaks['fp32_matmul_gflops']:.0f} GFLOP/s, "
-        f"bf16 matmul {peaks['bf16_matmul_gflops']:.0f} GFLOP/s. Roofline = model FLOPs per item x "
+        f"Peaks measured in this run (the higher of before and after the points): fp32 matmul "
+        f"{peaks['fp32_matmul_gflops']:.0f} GFLOP/s, bf16 matmul {peaks['bf16_matmul_gflops']:.0f} GFLOP/s"
+        + _peak_spread(result) + ". Roofline = model FLOPs per item x "
         "items/s / the matmul peak of the backend's arithmetic (torch, ONNX Runtime or OpenVINO, the fastest; "
         "bf16 for torch-bf16, fp32 otherwise, int8 included: its fraction can pass 100%).",
     ]

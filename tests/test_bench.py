@@ -16,7 +16,7 @@ from echodeploy.export.mmode import mmode_network
 from echodeploy.export.precision import comparable_feeds
 from echodeploy.export.torch_backend import TorchBackend
 from echodeploy.repository import model_file
-from echodeploy.specs import MMODE_LVID, cmr_model, mmode_model
+from echodeploy.specs import MMODE_LVID, cmr_model, mmode_model, model_spec
 
 POINT_FIELDS = {"model", "backend", "batch", "concurrency", "throughput", "avg_ms", "p50_ms", "p90_ms", "p95_ms",
                 "p99_ms", "windows", "stable", "requests", "latencies_ms", "roofline", "roofline_peak"}
@@ -104,6 +104,13 @@ def test_bench_tiny_configuration(tmp_path, triton):
     report = json.loads((out / "bench.json").read_text())
     assert {"date", "machine", "peaks", "config", "points", "end_to_end", "agreement"} <= set(report)
     assert report["peaks"]["fp32_matmul_gflops"] > 0
+    measured = report["peaks_measured"]  # fractions are held to the higher of before and after
+    for name, peak in report["peaks"].items():
+        assert peak == max(measured["before"][name], measured["after"][name])
+    for point in report["points"]:
+        peak = report["peaks"][f"{point['roofline_peak']}_matmul_gflops"]
+        flops = model_spec(point["model"]).flops_per_item
+        assert point["roofline"] == pytest.approx(point["throughput"] * flops / 1e9 / peak)
     assert len(report["points"]) == 6
     for point in report["points"]:
         assert POINT_FIELDS <= set(point), POINT_FIELDS - set(point)
