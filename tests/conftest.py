@@ -37,6 +37,20 @@ def mmode_repository(repository) -> Path:
     return repository
 
 
+def video_manifest(root: Path, count: int) -> Path:
+    """`count` generated A4C AVIs (34 frames, v00, v01, ...) in one study, and their manifest `root/m.csv`."""
+    import pandas as pd
+
+    from echodeploy.samples import synthetic_echo, write_avi
+
+    names = [f"v{i:02d}" for i in range(count)]
+    for i, name in enumerate(names):
+        write_avi(root / f"{name}.avi", synthetic_echo(34, seed=i))
+    manifest = root / "m.csv"
+    pd.DataFrame({"Study_Unique_ID": "S", "Video_Unique_ID": names}).to_csv(manifest, index=False)
+    return manifest
+
+
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real `echodeploy` entry point."""
     return subprocess.run([sys.executable, "-m", "echodeploy", *args], capture_output=True,

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import run_cli, video_manifest
 
 from echodeploy.samples import synthetic_echo, write_avi, write_dicom_cine
 
@@ -103,12 +103,8 @@ def test_clear_errors_for_bad_arguments(dataset, repository, tmp_path):
 
 
 def test_resume_after_kill_loses_and_duplicates_nothing(repository, tmp_path):
-    data = tmp_path / "data"
-    names = [f"v{i:02d}" for i in range(8)]
-    for i, name in enumerate(names):
-        write_avi(data / f"{name}.avi", synthetic_echo(34, seed=i))
-    manifest = data / "m.csv"
-    pd.DataFrame({"Study_Unique_ID": "S", "Video_Unique_ID": names}).to_csv(manifest, index=False)
+    manifest = video_manifest(tmp_path / "data", 8)
+    names = pd.read_csv(manifest)["Video_Unique_ID"].tolist()
     out = tmp_path / "out"
     args = [sys.executable, "-m", "echodeploy", "cmr", str(manifest), "--out", str(out), "--view", "A4C",
             "--tasks", "scar", "--batch-size", "1", "--repository", str(repository)]

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tritonclient.grpc
-from conftest import run_cli
+from conftest import run_cli, video_manifest
 from google.protobuf import text_format
 
 from echodeploy.client.backends.batching import Batcher, decode_executor, ordered_results
@@ -30,20 +30,13 @@ from echodeploy.client.backends.server import TritonServer
 from echodeploy.client.backends.triton import TritonBackend
 from echodeploy.errors import RequestError
 from echodeploy.export.triton.repository import parse_config
-from echodeploy.samples import synthetic_echo, write_avi
 
 VIDEOS = 8
 
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("videos")
-    names = [f"v{i}" for i in range(VIDEOS)]
-    for i, name in enumerate(names):
-        write_avi(data / f"{name}.avi", synthetic_echo(34, seed=i))
-    path = data / "manifest.csv"
-    pd.DataFrame({"Study_Unique_ID": "S", "Video_Unique_ID": names}).to_csv(path, index=False)
-    return path
+    return video_manifest(tmp_path_factory.mktemp("videos"), VIDEOS)
 
 
 def _cmr_args(manifest: Path, out: Path, url: str, *extra: str) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import run_cli, video_manifest
 
 from echodeploy.client.backends.server import free_port
 from echodeploy.client.runs import ray_engine
@@ -128,15 +128,6 @@ def test_ray_writes_what_the_local_engine_writes_mmode(cluster, mmode_repository
     assert figures[0] == figures[1] and figures[0]  # drawn by the actor, into the same --out
 
 
-def _videos(root: Path, count: int) -> Path:
-    names = [f"v{i:02d}" for i in range(count)]
-    for i, name in enumerate(names):
-        write_avi(root / f"{name}.avi", synthetic_echo(34, seed=i))
-    manifest = root / "m.csv"
-    pd.DataFrame({"Study_Unique_ID": "S", "Video_Unique_ID": names}).to_csv(manifest, index=False)
-    return manifest
-
-
 def _wait_for_records(journal: Path, count: int, process: subprocess.Popen) -> int:
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
@@ -147,7 +138,7 @@ def _wait_for_records(journal: Path, count: int, process: subprocess.Popen) -> i
 
 
 def test_driver_killed_mid_run_resumes_on_the_other_engine(cluster, repository, tmp_path):
-    manifest = _videos(tmp_path / "data", 8)
+    manifest = video_manifest(tmp_path / "data", 8)
     out = tmp_path / "out"
     args = ["cmr", str(manifest), "--out", str(out), "--view", "A4C", "--tasks", "scar", "--batch-size", "1",
             "--repository", str(repository)]
@@ -171,7 +162,7 @@ def _actor_pids() -> list[int]:
 
 
 def test_actor_killed_mid_run_is_restarted_and_every_row_accounted(cluster, repository, tmp_path):
-    manifest = _videos(tmp_path / "data", 8)
+    manifest = video_manifest(tmp_path / "data", 8)
     out = tmp_path / "out"
     process = subprocess.Popen(
         [sys.executable, "-m", "echodeploy", "cmr", str(manifest), "--out", str(out), "--view", "A4C", "--tasks",
