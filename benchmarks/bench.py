@@ -267,8 +267,9 @@ def _open_backends(config: BenchConfig, specs: list[ModelSpec], work: Path, stac
             precision = PRECISION_OF.get(name, "fp32")
             repository = work / "models" / precision
             export_repository(repository, specs, precision, config)
-            # several clients: one stream each (throughput hint); else all cores on one request
-            backend = OpenVinoBackend(repository, hint="throughput" if max(config.concurrency) > 1 else "latency")
+            # batches or several clients: split over streams (throughput hint); else all cores on one item
+            several = max(config.concurrency) > 1 or max(config.batch_sizes) > 1
+            backend = OpenVinoBackend(repository, hint="throughput" if several else "latency")
         else:
             backend = stack.enter_context(_triton(config, specs, work))
         seed_only = name == "torch"

@@ -1,6 +1,7 @@
 """The OpenVINO embedded backend against ONNX Runtime on exported models, per-model precision,
 and the choice of the default embedded backend."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def test_openvino_matches_onnxruntime(engines, spec):
     reference, openvino = engines
     check_model(spec, openvino.model_info(spec.name))
     assert openvino.model_info(spec.name).metadata == reference.model_info(spec.name).metadata
-    for batch in (1, 2):
+    for batch in (1, 3):  # 3: split unevenly over the streams of the throughput hint
         feeds = probe_inputs(spec, batch, seed=batch)
         expected = reference.infer(spec.name, feeds)[spec.outputs[0].name]
         got = openvino.infer(spec.name, feeds)[spec.outputs[0].name]
@@ -55,6 +56,21 @@ def test_openvino_matches_onnxruntime(engines, spec):
         else:  # CardioNet: OpenVINO's MVN after a convolution rounds ~20x more than ONNX Runtime's on
             # near-empty ReLU maps (docs/BENCHMARKS.md), up to 3e-4 in probability: `auto` then refuses it
             np.testing.assert_allclose(got, expected, atol=1e-3 if spec.name == MMODE_QUALITY else 1e-4, rtol=0)
+
+
+def test_batches_split_over_streams_equal_one_request(mmode_repository):
+    """The throughput hint's streams each run part of a batch; joined, they equal one latency request."""
+    spec = cmr_model("A4C", "scar")
+    split, whole = OpenVinoBackend(mmode_repository), OpenVinoBackend(mmode_repository, hint="latency")
+    assert len(split._requests(spec.name)) >= min(2, len(os.sched_getaffinity(0)))
+    feeds = probe_inputs(spec, 5, seed=3)
+    got = split.infer(spec.name, feeds)
+    assert set(got) == {output.name for output in spec.outputs}
+    for name, expected in whole.infer(spec.name, feeds).items():
+        assert got[name].shape == expected.shape
+        np.testing.assert_allclose(got[name], expected, atol=1e-5, rtol=0)
+    only = split.infer(spec.name, feeds, [spec.outputs[0].name])
+    np.testing.assert_array_equal(only[spec.outputs[0].name], got[spec.outputs[0].name])
 
 
 def test_bulk_runs_through_openvino_equal_onnxruntime(engines, tmp_path):

@@ -1,9 +1,12 @@
 """Embedded OpenVINO: the ONNX files of a repository compiled for this CPU, no server.
 
 Runs what `export` writes (fp32, int8 QDQ, fp16) with the same tensors as ONNX Runtime:
-each model is compiled once, with a latency or throughput hint and fp32 inference
-precision (OpenVINO's default on CPUs with bf16 instructions would be bf16, which breaks
-fp32 parity). Needs the `openvino` extra: `pip install 'echodeploy[openvino]'`.
+each model is compiled once, with fp32 inference precision (OpenVINO's default on CPUs with
+bf16 instructions would be bf16, which breaks fp32 parity) and a latency or throughput hint.
+Under the throughput hint (what bulk runs use) OpenVINO runs several streams, each on its own
+cores, and a batch is split over them: every item still goes through the same network, and the
+streams do not wait on each other between layers (on 2 cores, 10-20% more items/s than one
+latency stream; docs/BENCHMARKS.md). Needs the `openvino` extra: `pip install 'echodeploy[openvino]'`.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class OpenVinoBackend:
 
     name = "openvino"
 
-    def __init__(self, repository: Path, hint: str = "latency", threads: int = 0):
+    def __init__(self, repository: Path, hint: str = "throughput", threads: int = 0):
         if hint not in HINTS:
             raise BackendError(f"OpenVINO hint must be one of {', '.join(HINTS)}, got {hint!r}")
         self._ov = import_openvino()
@@ -54,8 +57,9 @@ class OpenVinoBackend:
         self._compiled = {}
         self._metadata = {}
         self._outputs = {}
+        self._streams = {}
         self._lock = threading.Lock()
-        self._local = threading.local()  # one infer request per model and thread
+        self._local = threading.local()  # infer requests per model and thread, one per stream
 
     def _compile(self, model: str):
         with self._lock:
@@ -69,13 +73,16 @@ class OpenVinoBackend:
                 self._outputs[model] = [port.get_any_name() for port in network.outputs]
                 config = {"PERFORMANCE_HINT": self.hint.upper(), "INFERENCE_PRECISION_HINT": "f32",
                           "INFERENCE_NUM_THREADS": self.threads}
-                self._compiled[model] = self._core.compile_model(network, "CPU", config)
+                compiled = self._core.compile_model(network, "CPU", config)
+                self._streams[model] = max(1, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+                self._compiled[model] = compiled
             return self._compiled[model]
 
-    def _request(self, model: str):
+    def _requests(self, model: str) -> list:
         requests = self._local.__dict__.setdefault("requests", {})
         if model not in requests:
-            requests[model] = self._compile(model).create_infer_request()
+            compiled = self._compile(model)
+            requests[model] = [compiled.create_infer_request() for _ in range(self._streams[model])]
         return requests[model]
 
     def model_info(self, model: str) -> ModelInfo:
@@ -87,10 +94,20 @@ class OpenVinoBackend:
 
     def infer(self, model: str, inputs: dict[str, np.ndarray],
               outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        request = self._request(model)
-        results = request.infer({name: np.ascontiguousarray(value) for name, value in inputs.items()})
-        by_name = dict(zip(self._outputs[model], results.to_tuple()))
-        return {name: by_name[name] for name in outputs or by_name}
+        requests = self._requests(model)
+        batch = len(next(iter(inputs.values())))
+        parts = np.array_split(np.arange(batch), min(len(requests), batch))  # one part per stream
+        for request, part in zip(requests, parts):
+            request.start_async({name: np.ascontiguousarray(value[part[0]:part[-1] + 1])
+                                 for name, value in inputs.items()})
+        results = []
+        for request in requests[:len(parts)]:
+            request.wait()
+            results.append(request.results.to_tuple())
+        names = self._outputs[model]
+        wanted = outputs or names
+        return {name: np.concatenate([r[names.index(name)] for r in results]) if len(results) > 1
+                else np.array(results[0][names.index(name)]) for name in wanted}
 
     def close(self) -> None:
         self._local = threading.local()
