@@ -73,6 +73,16 @@ def test_batches_split_over_streams_equal_one_request(mmode_repository):
     np.testing.assert_array_equal(only[spec.outputs[0].name], got[spec.outputs[0].name])
 
 
+def test_hint_benchmark_prints_both_hints(mmode_repository):
+    result = subprocess.run([sys.executable, "-m", "echodeploy.benchmarks.openvino_streams", "--repository",
+                             str(mmode_repository), "--models", MMODE_QUALITY, "--batch", "2", "--rounds", "2"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip()
+    assert line.startswith(f"{MMODE_QUALITY} batch 2: items/s latency ") and " throughput " in line
+    assert float(line.rsplit(" ", 1)[1].rstrip("x")) > 0
+
+
 def test_bulk_runs_through_openvino_equal_onnxruntime(engines, tmp_path):
     for i in range(3):
         write_avi(tmp_path / "echo" / f"v{i}.avi", synthetic_echo(34, seed=i))
