@@ -5,7 +5,7 @@ each model is compiled once, with fp32 inference precision (OpenVINO's default o
 bf16 instructions would be bf16, which breaks fp32 parity) and a latency or throughput hint.
 Under the throughput hint (what bulk runs use) OpenVINO runs several streams, each on its own
 cores, and a batch is split over them: every item still goes through the same network, and the
-streams do not wait on each other between layers (on 2 cores, 2-17% more items/s than one
+streams do not wait on each other between layers (on 2 cores, up to 25% more items/s than one
 latency stream, `benchmarks/openvino_streams.py`). Needs the `openvino` extra: `pip install 'echodeploy[openvino]'`.
 """
 
