@@ -96,18 +96,16 @@ class OpenVinoBackend:
               outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         requests = self._requests(model)
         batch = len(next(iter(inputs.values())))
-        parts = np.array_split(np.arange(batch), min(len(requests), batch))  # one part per stream
-        for request, part in zip(requests, parts):
-            request.start_async({name: np.ascontiguousarray(value[part[0]:part[-1] + 1])
-                                 for name, value in inputs.items()})
+        parts = max(1, min(len(requests), batch))  # one slice of the batch per stream
+        edges = [batch * k // parts for k in range(parts + 1)]
+        for request, start, end in zip(requests, edges, edges[1:]):
+            request.start_async({name: np.ascontiguousarray(value[start:end]) for name, value in inputs.items()})
         results = []
-        for request in requests[:len(parts)]:
+        for request in requests[:parts]:
             request.wait()
             results.append(request.results.to_tuple())
-        names = self._outputs[model]
-        wanted = outputs or names
-        return {name: np.concatenate([r[names.index(name)] for r in results]) if len(results) > 1
-                else np.array(results[0][names.index(name)]) for name in wanted}
+        names = self._outputs[model]  # outputs are batch-first; concatenate copies out of the request buffers
+        return {name: np.concatenate([r[names.index(name)] for r in results]) for name in outputs or names}
 
     def close(self) -> None:
         self._local = threading.local()
