@@ -18,12 +18,12 @@ $(VENV)/.installed: pyproject.toml
 
 # The local tritonserver runs in its own venv: nvidia-pytriton pins numpy<2.
 server-env: setup
-	$(BIN)/python -c "from echodeploy.client.backends.server import ensure_server_env; ensure_server_env()"
+	$(BIN)/python -c "from echodeploy.client.tritonserver import ensure_server_env; ensure_server_env()"
 
 # The gpu-torch target's models run torch inside the server: adds torch==2.13.0 to that venv
 # (about 850 MB and 2 minutes, so not part of server-env, which the cpu-target tests need).
 server-env-torch: server-env
-	$(BIN)/python -c "from echodeploy.client.backends.server import ensure_server_env; ensure_server_env(torch=True)"
+	$(BIN)/python -c "from echodeploy.client.tritonserver import ensure_server_env; ensure_server_env(torch=True)"
 
 demo: setup
 	$(BIN)/echodeploy demo

@@ -1,12 +1,12 @@
 """Package discovery for the design card's top-level folders.
 
-`export/`, `client/`, `preprocessing/` and `benchmarks/` are installed as `echodeploy.<folder>`,
+The source folders (`export/`, `backends/`, `client/`, `analysis/`, ...) are installed as `echodeploy.<folder>`,
 every sub-package found on disk included, so a new module can never be left out of the wheel.
 """
 
 from setuptools import find_packages, setup
 
-FOLDERS = ("export", "client", "preprocessing", "benchmarks")
+FOLDERS = ("export", "backends", "client", "analysis", "preprocessing", "benchmarks")
 
 packages = ["echodeploy"]
 for folder in FOLDERS:

@@ -208,7 +208,7 @@ def server_deltas(before: dict, after: dict) -> dict[str, dict[str, float]]:
 
 def torch_module(spec: ModelSpec, weights_dir: Path | None, seed: int):
     """The served torch module of `spec` from the user's checkpoints, or seeded weights."""
-    from echodeploy.export.torch_backend import served_module
+    from echodeploy.export.modules import served_module
 
     return served_module(spec, weights_dir, seed)[0]
 
@@ -243,7 +243,7 @@ class Served:
 
 
 def _open_backends(config: BenchConfig, specs: list[ModelSpec], work: Path, stack) -> list[Served]:
-    from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
+    from echodeploy.backends.onnxruntime import OnnxRuntimeBackend
 
     needed = set(config.backends) | ({REFERENCE} if set(config.backends) & set(PRECISION_OF) else set())
     modules = {}
@@ -252,7 +252,7 @@ def _open_backends(config: BenchConfig, specs: list[ModelSpec], work: Path, stac
     served = []
     for name in [b for b in BACKENDS if b in needed]:
         if name.startswith("torch"):
-            from echodeploy.export.torch_backend import TorchBackend
+            from echodeploy.backends.torch import TorchBackend
 
             backend = TorchBackend(modules, PRECISION_OF.get(name, "fp32"), untrained=config.weights_dir is None)
         elif name.startswith("onnxruntime"):
@@ -262,7 +262,7 @@ def _open_backends(config: BenchConfig, specs: list[ModelSpec], work: Path, stac
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if precision == "fp16" else None
             backend = OnnxRuntimeBackend(repository, providers=providers)
         elif name.startswith("openvino"):
-            from echodeploy.client.backends.openvino import OpenVinoBackend
+            from echodeploy.backends.openvino import OpenVinoBackend
 
             precision = PRECISION_OF.get(name, "fp32")
             repository = work / "models" / precision
@@ -285,11 +285,11 @@ class _triton:
         self.config, self.specs, self.work, self.server = config, specs, work, None
 
     def __enter__(self):
-        from echodeploy.client.backends.triton import TritonBackend
+        from echodeploy.backends.triton import TritonBackend
 
         urls = self.config.urls
         if not urls:
-            from echodeploy.client.backends.server import DEFAULT_SERVER_ENV, TritonServer, ensure_server_env
+            from echodeploy.client.tritonserver import DEFAULT_SERVER_ENV, TritonServer, ensure_server_env
             from echodeploy.export.triton.repository import write_triton_repository
 
             repository = self.work / "models" / "fp32"

@@ -116,7 +116,7 @@ def _point(config: GpuBenchConfig, spec: ModelSpec, module, variant: Variant, ba
     (`agreement`) the variant's agreement with fp32."""
     import torch
 
-    from echodeploy.export.torch_backend import TorchBackend
+    from echodeploy.backends.torch import TorchBackend
 
     cuda = config.device.startswith("cuda")
     backend = TorchBackend({spec.name: (spec, module)}, variant.precision, untrained=config.weights_dir is None,
@@ -149,7 +149,7 @@ def _point(config: GpuBenchConfig, spec: ModelSpec, module, variant: Variant, ba
             point["fp32_roofline"] = best * spec.flops_per_item / 1e9 / peaks["fp32_matmul_gflops"]
         if agreement:
             from echodeploy.agreement import summary
-            from echodeploy.export.torch_backend import precision_agreement
+            from echodeploy.backends.torch import precision_agreement
 
             point["agreement"] = precision_agreement(backend, spec, module, config.agreement_items)
             point["agreement_line"] = summary(point["agreement"])
@@ -162,7 +162,7 @@ def _point(config: GpuBenchConfig, spec: ModelSpec, module, variant: Variant, ba
 
 def _module(config: GpuBenchConfig, spec: ModelSpec, modules: dict):
     """The served module of `spec`, built once per run (seeded networks re-estimate BatchNorm)."""
-    from echodeploy.export.torch_backend import served_module
+    from echodeploy.export.modules import served_module
 
     if spec.name not in modules:
         modules[spec.name] = served_module(spec, config.weights_dir, config.seed)[0]
@@ -203,9 +203,9 @@ def end_to_end(config: GpuBenchConfig, work: Path, clock: _Clock, modules: dict,
     """CMR files -> predictions.csv with the best reduced variant, for each number of decode workers."""
     import shutil
 
+    from echodeploy.backends.torch import TorchBackend
     from echodeploy.client.runs.cmr import CmrOptions, run_cmr
     from echodeploy.client.runs.inputs import read_inputs
-    from echodeploy.export.torch_backend import TorchBackend
 
     cmr = [m for m in config.models if _spec(m).family == "cmr"]
     if not cmr:

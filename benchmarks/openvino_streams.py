@@ -13,8 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
-from echodeploy.client.backends.embedded import probe_inputs
-from echodeploy.client.backends.openvino import HINTS, OpenVinoBackend
+from echodeploy.backends.embedded import probe_inputs
+from echodeploy.backends.openvino import HINTS, OpenVinoBackend
 from echodeploy.specs import model_spec
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from echodeploy.client.backends.embedded import probe_inputs
+from echodeploy.backends.embedded import probe_inputs
 from echodeploy.errors import EchodeployError
 from echodeploy.repository import model_file
 from echodeploy.specs import ModelSpec
@@ -41,7 +41,7 @@ def _onnxruntime_times(path: Path, feeds: dict[str, np.ndarray], runs: int) -> d
 
 
 def _openvino_times(path: Path, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
-    from echodeploy.client.backends.openvino import import_openvino
+    from echodeploy.backends.openvino import import_openvino
 
     ov = import_openvino()
     compiled = ov.Core().compile_model(str(path), "CPU", {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": "f32",

@@ -37,7 +37,7 @@ def make_inputs(batch: int) -> list[np.ndarray]:
 
 def quiet_run(url: str, model: str, output: str, batch: int) -> list[np.ndarray]:
     """Every input once, one request at a time, nothing else running."""
-    from echodeploy.client.backends.triton import TritonBackend
+    from echodeploy.backends.triton import TritonBackend
 
     backend = TritonBackend([url])
     try:
@@ -49,7 +49,7 @@ def quiet_run(url: str, model: str, output: str, batch: int) -> list[np.ndarray]
 def client(index: int, url: str, model: str, output: str, batch: int, requests: int, stop_at: float,
            expected: list[np.ndarray]) -> dict:
     """One client process: sequential requests until the count or the time limit is reached."""
-    from echodeploy.client.backends.triton import TritonBackend
+    from echodeploy.backends.triton import TritonBackend
 
     inputs = make_inputs(batch)
     backend = TritonBackend([url], retry_seconds=10)
@@ -179,7 +179,7 @@ def main() -> int:
     if args.url:
         summary = run_load(args.url, args.server_pid, args)
     else:
-        from echodeploy.client.backends.server import TritonServer, ensure_server_env
+        from echodeploy.client.tritonserver import TritonServer, ensure_server_env
 
         with TritonServer(args.repository, env=ensure_server_env(args.server_env)) as server:
             summary = run_load(server.grpc_url, server.pid, args)

@@ -1,1 +1,1 @@
-"""Client side: inference backends, bulk runners, reports, the local server lifecycle."""
+"""Serving side: decoding, the local tritonserver, bulk runs and their per-run results; never imports export/."""

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from echodeploy.client.backends.server import DEFAULT_SERVER_ENV
+from echodeploy.client.tritonserver import DEFAULT_SERVER_ENV
 from echodeploy.errors import EchodeployError
 from echodeploy.repository import DEFAULT_REPOSITORY
 from echodeploy.specs import PUBLISHED_TASKS, TASKS, VIEWS, parse_names
@@ -223,7 +223,7 @@ def cmr(
     shard: ShardOption = None,
 ):
     """Predict CMR findings for every video of a manifest or folder."""
-    from echodeploy.client.runs.cmr import CmrOptions, CmrPipeline
+    from echodeploy.client.runs.cmr import CmrOptions, CmrPipeline, view_model_ids
     from echodeploy.client.runs.inputs import read_inputs
     from echodeploy.specs import cmr_model
 
@@ -243,7 +243,12 @@ def cmr(
         backend_args = (backend, repository, url, protocol, max_in_flight, retry_seconds, settings, probe)
         run = _bulk_engine(engine_name, ray_address, workers, actors, shard, out, backend_args)
         engine = make_backend(*backend_args)
-        _run_bulk(lambda b: run(CmrPipeline(inputs, options), b), engine, out)
+        pipeline = CmrPipeline(inputs, options)
+        if study_model is not None:
+            from echodeploy.analysis.study_model import check_study_model
+
+            check_study_model(study_model, view_model_ids(engine, pipeline.views, options.tasks), options.tasks)
+        _run_bulk(lambda b: _with_study_model(run(pipeline, b)), engine, out)
     except EchodeployError as exc:
         _fail(str(exc))
 
@@ -272,12 +277,13 @@ def make_backend(name: str, repository: Path, urls, protocol: str, max_in_flight
     """An embedded backend (by name, or 'auto': the fastest installed one matching ONNX Runtime on
     the `probe` specs, announced on the first line), a Triton client for the given servers, or
     PyTorch in this process (`torch`: the settings from `torch_options`)."""
-    from echodeploy.client.backends.embedded import EMBEDDED, default_embedded, open_embedded
+    from echodeploy.backends.embedded import EMBEDDED, default_embedded, open_embedded
 
     if name == "torch":
         if torch is None:
             raise EchodeployError("--backend torch runs `cmr` and `mmode` only")
-        from echodeploy.export.torch_backend import TorchBackend, checkpoint_loader
+        from echodeploy.backends.torch import TorchBackend
+        from echodeploy.export.modules import checkpoint_loader
 
         loader = checkpoint_loader(torch["weights_dir"], torch["seed"], torch["bn_mode"], torch["precision"])
         return TorchBackend(precision=torch["precision"], untrained=torch["weights_dir"] is None,
@@ -293,7 +299,7 @@ def make_backend(name: str, repository: Path, urls, protocol: str, max_in_flight
     if name == "triton":
         if not urls:
             raise EchodeployError("--backend triton needs --url HOST:PORT (start one with `echodeploy serve`)")
-        from echodeploy.client.backends.triton import TritonBackend
+        from echodeploy.backends.triton import TritonBackend
 
         return TritonBackend(urls, protocol=protocol, max_in_flight=max_in_flight, retry_seconds=retry_seconds)
     raise EchodeployError(f"unknown backend {name!r}; known: auto, {', '.join(EMBEDDED)}, triton, torch")
@@ -327,6 +333,18 @@ def _bulk_engine(name: str, ray_address: str | None, workers: int, actors: int, 
 
     part = parse_shard(shard)
     return lambda pipeline, backend: run_shard(pipeline, part, backend, out, lambda p: run(p, backend))
+
+
+def _with_study_model(summary):
+    """A finished cmr run's (or merge's) summary with its study model, if it has one, applied to its outputs."""
+    study_model = getattr(summary.options, "study_model", None)
+    if study_model is None:
+        return summary
+    from dataclasses import replace
+
+    from echodeploy.analysis.study_model import apply_study_model
+
+    return replace(summary, metrics=apply_study_model(summary.out_dir, study_model))
 
 
 def _run_bulk(run, backend, out: Path) -> None:
@@ -368,7 +386,7 @@ def _print_summary(summary) -> None:
 
 
 def _print_study_metrics(metrics: dict, kind: str) -> None:
-    from echodeploy.client.results.study_report import comparison_lines
+    from echodeploy.analysis.study_report import comparison_lines
 
     typer.echo(f"study model: {metrics['scored']} of {metrics['studies']} studies scored ("
                + ", ".join(f"{views} {n}" for views, n in metrics["by_views"].items()) + ")")
@@ -389,8 +407,8 @@ def study_model_fit(
     seed: Annotated[int, typer.Option(help="Seed of the fold assignment.")] = 0,
 ):
     """Fit a study model (logistic GLM over per-view mean logits; linear for regression tasks) on cmr runs."""
-    from echodeploy.client.results.study_model import fit_study_model, save_study_model
-    from echodeploy.client.results.study_report import write_report
+    from echodeploy.analysis.study_model import fit_study_model, save_study_model
+    from echodeploy.analysis.study_report import write_report
 
     try:
         model = fit_study_model(runs, parse_names("task", task, TASKS, ())[0], folds, seed)
@@ -409,7 +427,7 @@ def study_model_apply(
     model: Annotated[Path, typer.Option(help="Study model JSON from `echodeploy study-model fit`.")],
 ):
     """Add a study model's predictions to a run's studies.csv (and its metrics to metrics.json with TARGET)."""
-    from echodeploy.client.results.study_model import apply_study_model, load_study_model, study_column
+    from echodeploy.analysis.study_model import apply_study_model, load_study_model, study_column
 
     try:
         task = load_study_model(model)["task"]
@@ -492,7 +510,7 @@ def pheno(
     figures: Annotated[bool, typer.Option(help="Draw the figures (PNG).")] = True,
 ):
     """Mutant vs control per sex (Echo2Pheno Module II): beat filter, EF/FS, per-mouse means, Mann-Whitney U."""
-    from echodeploy.client.results.pheno import PhenoOptions, run_pheno
+    from echodeploy.analysis.pheno import PhenoOptions, run_pheno
 
     try:
         options = PhenoOptions(control=control, mutant=mutant, min_mice=min_mice, figures=figures)
@@ -522,7 +540,7 @@ def merge(
     from echodeploy.client.runs.shards import merge_shards
 
     try:
-        summary = merge_shards(shards, out)
+        summary = _with_study_model(merge_shards(shards, out))
     except EchodeployError as exc:
         _fail(str(exc))
     _print_summary(summary)
@@ -584,7 +602,7 @@ def serve(
     """Serve a cpu- or gpu-torch-target repository with a local tritonserver until Ctrl-C."""
     import time
 
-    from echodeploy.client.backends.server import TritonServer, ensure_server_env, has_torch
+    from echodeploy.client.tritonserver import TritonServer, ensure_server_env, has_torch
 
     try:
         if not (repository / "TARGET").exists():

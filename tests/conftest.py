@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def server_env() -> Path:
     """The tritonserver's own virtual environment (numpy 1.x), created once."""
-    from echodeploy.client.backends.server import ensure_server_env
+    from echodeploy.client.tritonserver import ensure_server_env
 
     return ensure_server_env(Path(os.environ.get("ECHODEPLOY_SERVER_ENV", ROOT / ".venv-server")))
 
@@ -86,7 +86,7 @@ def scar_repository(repository, tmp_path_factory) -> Path:
 def triton(mmode_repository, server_env, tmp_path_factory, request):
     """A real tritonserver on free loopback ports serving the cpu-target repository (CMR and M-mode)."""
     repository = mmode_repository
-    from echodeploy.client.backends.server import TritonServer
+    from echodeploy.client.tritonserver import TritonServer
     from echodeploy.export.triton.repository import write_triton_repository
 
     write_triton_repository(repository, "cpu", max_batch_size=4)

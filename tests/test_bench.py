@@ -9,12 +9,12 @@ import torch
 from conftest import run_cli
 
 from echodeploy.agreement import compare_columns, compare_outputs
+from echodeploy.backends.onnxruntime import OnnxRuntimeBackend
+from echodeploy.backends.torch import TorchBackend
 from echodeploy.benchmarks.bench import measure, torch_module
-from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
 from echodeploy.export.calibration import calibration_feeds
 from echodeploy.export.mmode import mmode_network
 from echodeploy.export.precision import comparable_feeds
-from echodeploy.export.torch_backend import TorchBackend
 from echodeploy.repository import model_file
 from echodeploy.specs import MMODE_LVID, cmr_model, mmode_model, model_spec
 

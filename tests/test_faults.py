@@ -24,10 +24,11 @@ import tritonclient.grpc
 from conftest import run_cli, video_manifest
 from google.protobuf import text_format
 
-from echodeploy.client.backends.batching import Batcher, decode_executor, ordered_results
-from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
-from echodeploy.client.backends.server import TritonServer
-from echodeploy.client.backends.triton import TritonBackend
+from echodeploy.backends.onnxruntime import OnnxRuntimeBackend
+from echodeploy.backends.triton import TritonBackend
+from echodeploy.client.decoding import decode_executor, ordered_results
+from echodeploy.client.runs.batching import Batcher
+from echodeploy.client.tritonserver import TritonServer
 from echodeploy.errors import RequestError
 from echodeploy.export.triton.repository import parse_config
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from echodeploy.backends.torch import TorchBackend
 from echodeploy.errors import ExportError
 from echodeploy.export.mmode import MASK_AGREEMENT
+from echodeploy.export.modules import checkpoint_loader, served_module
 from echodeploy.export.served import ServedClipModel
-from echodeploy.export.torch_backend import TorchBackend, checkpoint_loader, served_module
 from echodeploy.export.triton.repository import NETWORK_SOURCES, NETWORKS, parse_config, write_triton_repository
 from echodeploy.repository import model_file
 from echodeploy.specs import cmr_model, mmode_model
@@ -73,9 +74,9 @@ def test_switching_target_removes_the_torch_files(torch_repository):
 
 def test_tritonserver_serves_torch_models_like_onnxruntime(torch_repository, server_env, tmp_path):
     """Real tritonserver (CPU here: the adapter falls back), CMR ensemble and both M-mode models."""
-    from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
-    from echodeploy.client.backends.server import TritonServer, has_torch
-    from echodeploy.client.backends.triton import TritonBackend
+    from echodeploy.backends.onnxruntime import OnnxRuntimeBackend
+    from echodeploy.backends.triton import TritonBackend
+    from echodeploy.client.tritonserver import TritonServer, has_torch
     from echodeploy.export.calibration import calibration_feeds
 
     if not has_torch(server_env):

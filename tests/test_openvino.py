@@ -13,11 +13,11 @@ import pytest
 from conftest import run_cli
 from onnx import numpy_helper
 
-from echodeploy.backend import check_model
+from echodeploy.backends.base import check_model
+from echodeploy.backends.embedded import choose_embedded, probe_inputs
+from echodeploy.backends.onnxruntime import OnnxRuntimeBackend
+from echodeploy.backends.openvino import OpenVinoBackend
 from echodeploy.benchmarks.bench import model_precision
-from echodeploy.client.backends.embedded import choose_embedded, probe_inputs
-from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
-from echodeploy.client.backends.openvino import OpenVinoBackend
 from echodeploy.client.runs.cmr import CmrOptions, run_cmr
 from echodeploy.client.runs.inputs import read_inputs
 from echodeploy.client.runs.mmode import MModeOptions, read_mmode_inputs, run_mmode

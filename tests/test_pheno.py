@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
+from echodeploy.analysis.pheno import PhenoOptions
 from echodeploy.client.results.mmode_features import beat_table, good_events
-from echodeploy.client.results.pheno import PhenoOptions
 from echodeploy.samples import synthetic_mmode, write_mmode_dicom
 
 PUBLISHED_HEAD = ["", "f manual", "f automatic", "m manual", "m automatic"]

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from conftest import run_cli, video_manifest
 
-from echodeploy.client.backends.server import free_port
 from echodeploy.client.runs import ray_engine
+from echodeploy.client.tritonserver import free_port
 from echodeploy.errors import EchodeployError
 from echodeploy.samples import synthetic_echo, synthetic_mmode, write_avi, write_mmode_dicom
 

@@ -40,7 +40,7 @@ def test_every_checkpoint_loader_refuses_pickled_code(tmp_path, monkeypatch, loa
 
 
 def test_models_load_only_from_the_repository_given(repository, tmp_path, monkeypatch):
-    from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
+    from echodeploy.backends.onnxruntime import OnnxRuntimeBackend
 
     monkeypatch.chdir(repository.parent)  # a real repository sits in the working directory...
     (tmp_path / "empty").mkdir()
@@ -55,7 +55,7 @@ def test_servers_bind_to_loopback_by_default():
     import inspect
 
     from echodeploy.cli import serve
-    from echodeploy.client.backends.server import TritonServer
+    from echodeploy.client.tritonserver import TritonServer
 
     assert TritonServer(Path("repo")).host == "127.0.0.1"
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"

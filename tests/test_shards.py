@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
+from echodeploy.backends.onnxruntime import OnnxRuntimeBackend
 from echodeploy.client.runs.cmr import CmrOptions, CmrPipeline
 from echodeploy.client.runs.inputs import read_inputs
 from echodeploy.client.runs.runner import run_bulk

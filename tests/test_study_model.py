@@ -9,16 +9,10 @@ import pytest
 from conftest import run_cli
 from typer.testing import CliRunner
 
+from echodeploy.analysis.study_model import apply_study_model, fit_study_model, save_study_model
+from echodeploy.backends.onnxruntime import OnnxRuntimeBackend
 from echodeploy.cli import app
-from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
-from echodeploy.client.results.study_model import (
-    VIEW_MODELS_FILE,
-    apply_study_model,
-    fit_study_model,
-    save_study_model,
-    view_model_ids,
-)
-from echodeploy.client.runs.cmr import studies_table
+from echodeploy.client.runs.cmr import VIEW_MODELS_FILE, studies_table, view_model_ids
 from echodeploy.errors import EchodeployError
 from echodeploy.samples import synthetic_echo, write_avi
 from echodeploy.specs import TASKS, cmr_model

@@ -7,11 +7,12 @@ import pytest
 import torch
 from conftest import run_cli
 
+from echodeploy.backends.torch import TorchBackend, precision_agreement
 from echodeploy.errors import BackendError, RequestError
 from echodeploy.export.calibration import calibration_feeds
 from echodeploy.export.mmode import MASK_AGREEMENT
+from echodeploy.export.modules import checkpoint_loader, served_module
 from echodeploy.export.precision import comparable_feeds
-from echodeploy.export.torch_backend import TorchBackend, checkpoint_loader, precision_agreement, served_module
 from echodeploy.samples import synthetic_echo, synthetic_mmode, write_avi, write_mmode_dicom
 from echodeploy.specs import MMODE_QUALITY, mmode_model
 
@@ -60,7 +61,7 @@ def test_mmode_bulk_run_on_torch_equals_onnxruntime(mmode_repository, tmp_path):
 def test_both_mmode_models_match_onnxruntime_at_the_output(mmode_repository):
     """Probabilities within 1e-4; masks (identity profile weights) as close as export requires:
     a pixel whose logit is within rounding of 0 may flip between two fp32 implementations."""
-    from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
+    from echodeploy.backends.onnxruntime import OnnxRuntimeBackend
 
     onnx, torch_backend = OnnxRuntimeBackend(mmode_repository), TorchBackend(loader=checkpoint_loader(None))
     for name, output in (("mmode_quality", "quality_prob"), ("mmode_lvid", "lvid_profile")):

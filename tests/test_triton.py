@@ -12,9 +12,9 @@ import pytest
 import yaml
 from conftest import ROOT, run_cli
 
-from echodeploy.backend import check_model
-from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
-from echodeploy.client.backends.triton import TritonBackend
+from echodeploy.backends.base import check_model
+from echodeploy.backends.onnxruntime import OnnxRuntimeBackend
+from echodeploy.backends.triton import TritonBackend
 from echodeploy.errors import BackendError, RequestError
 from echodeploy.export.triton.repository import (
     exported_models,
@@ -105,7 +105,7 @@ def test_rejected_request_gets_the_servers_reason(triton):
 
 
 def test_unreachable_server_is_one_clear_line(tmp_path):
-    from echodeploy.client.backends.server import free_port
+    from echodeploy.client.tritonserver import free_port
 
     result = run_cli("cmr", str(tmp_path), "--out", str(tmp_path / "o"), "--view", "A4C",
                      "--backend", "triton", "--url", f"127.0.0.1:{free_port()}")
@@ -143,7 +143,7 @@ def test_server_statistics_cover_the_ensemble_steps(triton):
 
 
 def test_serve_command_starts_and_stops_cleanly(repository, tmp_path):
-    from echodeploy.client.backends.server import free_port
+    from echodeploy.client.tritonserver import free_port
 
     grpc, http, metrics = free_port(), free_port(), free_port()
     process = subprocess.Popen(

@@ -1,1 +1,1 @@
-"""Results: metrics, M-mode features and figures, study models (a GLM over the views)."""
+"""Per-run results: metrics, M-mode beat features, figures."""

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echodeploy.backend import Backend, check_model
-from echodeploy.client.backends.batching import Batcher
+from echodeploy.backends.base import Backend, check_model
 from echodeploy.client.results.metrics import binary_metrics, regression_metrics
-from echodeploy.client.results.study_model import served_view_models, write_study_outputs
+from echodeploy.client.runs.batching import Batcher
 from echodeploy.client.runs.inputs import STUDY, TARGET, target_values
 from echodeploy.client.runs.journal import write_atomic, write_csv_atomic
 from echodeploy.client.runs.runner import RunSummary, records_in_order, run_bulk
@@ -30,6 +29,8 @@ from echodeploy.specs import TASKS, VIEWS, ClipSpec, cmr_model, view_ensemble_na
 log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ("status", "error", "notes", "clips", "untrained", "decode_s")
+VIEW_MODELS_FILE = "view_models.json"  # the view models a run used, which a study model is checked against
+IDENTITY = ("checkpoint_sha256", "precision", "untrained", "random_seed")  # what identifies a view model
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +41,7 @@ class CmrOptions:
     workers: int = 1
     fps: float | None = None
     target_task: str | None = None
-    study_model: Path | None = None  # adds <task>_study_prob to studies.csv (client/results/study_model.py)
+    study_model: Path | None = None  # checked and applied around the run by the wiring; recorded for shards
 
     def __post_init__(self):
         if self.batch_size < 1 or self.workers < 0:
@@ -80,6 +81,35 @@ def _finish(record: dict, result) -> dict:
     else:
         record["outputs"] = {name: float(values.mean()) for name, values in result.items()}
     return record
+
+
+def view_model_ids(backend: Backend, views, tasks) -> dict[str, dict]:
+    """What identifies each served view model: view, task and the IDENTITY fields of its metadata."""
+    ids = {}
+    for view in views:
+        for task in tasks:
+            name = cmr_model(view, task).name
+            metadata = backend.model_info(name).metadata
+            ids[name] = {"view": view, "task": task, **{key: metadata.get(f"echodeploy.{key}", "") for key in IDENTITY}}
+    return ids
+
+
+def write_view_models(out_dir: Path, view_models: dict[str, dict]) -> Path:
+    """The run's view models to view_models.json, with a warning when earlier rows came from other ones."""
+    path = Path(out_dir) / VIEW_MODELS_FILE
+    try:
+        before = json.loads(path.read_text()) if path.is_file() else view_models
+    except (OSError, ValueError):
+        before = {}  # unreadable: rewritten below
+    if not isinstance(before, dict):
+        before = {}
+    if before != view_models:
+        changed = sorted(name for name in {*before, *view_models} if before.get(name) != view_models.get(name))
+        log.warning("%s: %s differ from the view models this folder's earlier rows came from; finished rows are "
+                    "not recomputed, so its predictions may mix models", out_dir, ", ".join(changed))
+    text = json.dumps(view_models, indent=2)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+    return path
 
 
 def prepare_models(backend: Backend, views, tasks) -> tuple[dict[str, list], list[str]]:
@@ -154,7 +184,7 @@ class CmrPipeline:
     def open(self, backend: Backend) -> CmrInference:
         inference = CmrInference(self, backend)
         self.untrained = inference.untrained
-        self.view_models = served_view_models(backend, self.views, self.options.tasks, self.options.study_model)
+        self.view_models = view_model_ids(backend, self.views, self.options.tasks)
         return inference
 
     def write_outputs(self, records: dict[str, dict], out_dir: Path) -> RunSummary:
@@ -231,6 +261,6 @@ def write_outputs(pipeline: CmrPipeline, records: dict[str, dict], out_dir: Path
             metrics["untrained"] = bool(pipeline.untrained)
             written.append(out_dir / "metrics.json")
             write_atomic(written[-1], lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
-    metrics = write_study_outputs(out_dir, pipeline.view_models, options.study_model, metrics)
+    write_view_models(out_dir, pipeline.view_models)
     return RunSummary(out_dir=out_dir, counted="rows", counts=predictions["status"].value_counts().to_dict(),
-                      written=written, untrained=pipeline.untrained, metrics=metrics)
+                      written=written, untrained=pipeline.untrained, metrics=metrics, options=options)

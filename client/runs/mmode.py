@@ -16,8 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from echodeploy.backend import Backend, check_model
-from echodeploy.client.backends.batching import Batcher
+from echodeploy.backends.base import Backend, check_model
 from echodeploy.client.results.mmode_features import (
     DEFAULT_MAX_BPM,
     beat_stats,
@@ -25,6 +24,7 @@ from echodeploy.client.results.mmode_features import (
     good_events,
     window_columns,
 )
+from echodeploy.client.runs.batching import Batcher
 from echodeploy.client.runs.inputs import read_table
 from echodeploy.client.runs.journal import write_csv_atomic
 from echodeploy.client.runs.runner import RunSummary, records_in_order, run_bulk
@@ -187,7 +187,7 @@ class MModePipeline:
             written.append(out_dir / "figures")
         counts = pd.Series([r.get("status") for r in records_in_order(self, records)]).value_counts().to_dict()
         return RunSummary(out_dir=out_dir, counted="files", counts=counts, written=written,
-                          untrained=[MMODE_LVID, MMODE_QUALITY] if self.untrained else [])
+                          untrained=[MMODE_LVID, MMODE_QUALITY] if self.untrained else [], options=self.options)
 
 
 def run_mmode(inputs: pd.DataFrame, backend: Backend, out_dir: Path, options: MModeOptions) -> RunSummary:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from echodeploy.backend import Backend
-from echodeploy.client.backends.batching import guarded_read
+from echodeploy.backends.base import Backend
+from echodeploy.client.decoding import guarded_read
 from echodeploy.client.runs.runner import Pipeline, RunSummary, run_journaled, start_record
 from echodeploy.errors import EchodeployError
 

@@ -18,8 +18,8 @@ from typing import Protocol
 import pandas as pd
 from tqdm import tqdm
 
-from echodeploy.backend import Backend
-from echodeploy.client.backends.batching import decode_executor, guarded_read, ordered_results
+from echodeploy.backends.base import Backend
+from echodeploy.client.decoding import decode_executor, guarded_read, ordered_results
 from echodeploy.client.runs.journal import Journal, fingerprint
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class RunSummary:
     written: list[Path]
     untrained: list[str] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+    options: object = None  # the pipeline's options (CmrOptions, MModeOptions) the outputs were written with
 
     @property
     def all_ok(self) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echodeploy.backend import Backend, ModelInfo
+from echodeploy.backends.base import Backend, ModelInfo
 from echodeploy.client.runs.cmr import CmrOptions, CmrPipeline
 from echodeploy.client.runs.inputs import VIDEO
 from echodeploy.client.runs.journal import Journal, write_atomic

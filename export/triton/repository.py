@@ -157,8 +157,8 @@ def write_torch_files(folder: Path, spec: ModelSpec, metadata: dict[str, str], w
                       seed: int) -> None:
     """The gpu-torch model folder: adapter, network code and the served module's state dict,
     from the same weights as the ONNX file beside it (refused when they differ)."""
+    from echodeploy.export.modules import served_module
     from echodeploy.export.onnx_export import export_metadata
-    from echodeploy.export.torch_backend import served_module
 
     module, checkpoint = served_module(spec, weights_dir, seed)
     declared = {k: v for k, v in metadata.items() if k != "echodeploy.agreement"}

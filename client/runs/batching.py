@@ -1,4 +1,4 @@
-"""Cross-item batching and decoding workers: many items' arrays in, full batches out, results back.
+"""Cross-item batching: many items' arrays in, full batches out, results back per item.
 
 Items (a video's clips, an M-mode file's windows) are queued whole or in pieces; a batch is
 inferred as soon as `batch_size` rows are queued. When the backend rejects a request, the
@@ -7,15 +7,12 @@ items in it are retried one by one so only the offending item fails.
 
 from __future__ import annotations
 
-import multiprocessing
-import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
 
 import numpy as np
 
-from echodeploy.errors import InputError, RequestError
+from echodeploy.errors import RequestError
 
 Infer = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -81,47 +78,3 @@ class Batcher:
         self.queued = sum(len(next(iter(inputs.values()))) for _, inputs in self.pieces)
         self.items.pop(key, None)
         return [(key, error)]
-
-
-class _InlineExecutor(Executor):
-    """`--workers 0`: decode in the main process (debugging, tiny runs)."""
-
-    def submit(self, fn, *args):
-        future = Future()
-        future.set_result(fn(*args))
-        return future
-
-
-def ordered_results(executor: Executor, jobs, window: int):
-    """Submit jobs lazily, at most `window` ahead, yielding (job, result) in input order."""
-    queue = deque()
-    for job in jobs:
-        queue.append((job, executor.submit(*job[1])))
-        if len(queue) >= window:
-            job, future = queue.popleft()
-            yield job, future.result()
-    while queue:
-        job, future = queue.popleft()
-        yield job, future.result()
-
-
-def guarded_read(read: Callable, *args):
-    """Worker: (payload or None, result fields). `read` returns (payload, notes); bad input is
-    recorded with its status and reason, never raised, so one file cannot end a bulk run."""
-    start = time.perf_counter()
-    try:
-        payload, notes = read(*args)
-        fields = {"status": "ok", "error": "", "notes": "; ".join(notes)}
-    except InputError as exc:
-        payload, fields = None, {"status": exc.status, "error": str(exc), "notes": ""}
-    except Exception as exc:  # a reader crash on one file must not end the run
-        payload, fields = None, {"status": "error", "error": f"{type(exc).__name__}: {exc}", "notes": ""}
-    fields["decode_s"] = round(time.perf_counter() - start, 4)
-    return payload, fields
-
-
-def decode_executor(workers: int) -> Executor:
-    """Worker processes for decoding (spawned: no fork after ONNX Runtime threads), or inline."""
-    if workers:
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    return _InlineExecutor()

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from echodeploy.client.results.pheno import QUANTITIES  # noqa: E402
+from echodeploy.analysis.pheno import QUANTITIES  # noqa: E402
 
 GROUPS = [("f", "control"), ("f", "mutant"), ("m", "control"), ("m", "mutant")]
 COLOURS = {"control": "tab:blue", "mutant": "tab:orange"}

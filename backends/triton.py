@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from echodeploy.backend import ModelInfo
+from echodeploy.backends.base import ModelInfo
 from echodeploy.errors import BackendError, RequestError
 
 log = logging.getLogger(__name__)

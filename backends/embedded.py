@@ -35,11 +35,11 @@ TIMED_BATCH = 2
 def open_embedded(name: str, repository: Path):
     """An embedded backend by name (a one-line error when its extra is missing)."""
     if name == "onnxruntime":
-        from echodeploy.client.backends.onnxruntime import OnnxRuntimeBackend
+        from echodeploy.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(repository)
     if name == "openvino":
-        from echodeploy.client.backends.openvino import OpenVinoBackend
+        from echodeploy.backends.openvino import OpenVinoBackend
 
         return OpenVinoBackend(repository)
     raise BackendError(f"unknown embedded backend {name!r}; known: {', '.join(EMBEDDED)}")

@@ -16,16 +16,15 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from echodeploy.agreement import summary as agreement_summary
-from echodeploy.backend import ModelInfo
-from echodeploy.errors import BackendError, CheckpointError, EchodeployError, RequestError
-from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, ModelSpec, mmode_model, model_spec
+from echodeploy.backends.base import ModelInfo
+from echodeploy.errors import BackendError, EchodeployError, RequestError
+from echodeploy.specs import MMODE_LVID, ModelSpec, model_spec
 
 log = logging.getLogger(__name__)
 
@@ -38,40 +37,6 @@ Loader = Callable[[str], "tuple[ModelSpec, nn.Module, dict[str, str]]"]
 
 def _channels_last(ndim: int) -> torch.memory_format:
     return torch.channels_last_3d if ndim == 5 else torch.channels_last
-
-
-def served_module(spec: ModelSpec, weights_dir: Path | None, seed: int = 0) -> tuple[nn.Module, Path | None]:
-    """The served module of `spec` (what export writes as ONNX) and its checkpoint: the user's
-    published checkpoint from `weights_dir`, or seeded weights (the same as `export --untrained
-    --seed`) without one."""
-    if spec.family == "cmr":
-        from echodeploy.export.cmr import cmr_network, find_checkpoints
-
-        checkpoint = find_checkpoints(weights_dir).get((spec.view, spec.task)) if weights_dir else None
-        if weights_dir and checkpoint is None:
-            raise CheckpointError(f"no checkpoint for {spec.name} in {weights_dir}")
-        return cmr_network(spec, checkpoint, seed), checkpoint
-    from echodeploy.export.mmode import MMODE_NETWORKS, mmode_network
-
-    checkpoint = None
-    if weights_dir:
-        checkpoint = Path(weights_dir) / MMODE_NETWORKS[spec.name].checkpoint
-        if not checkpoint.is_file():
-            raise CheckpointError(f"no {checkpoint.name} in {weights_dir} (needed for {spec.name})")
-    return mmode_network(spec, checkpoint, seed), checkpoint
-
-
-def checkpoint_loader(weights_dir: Path | None, seed: int = 0, bn_mode: str = "seed",
-                      precision: str = "fp32") -> Loader:
-    """Load models by served name on first use, declaring the metadata export would write."""
-    from echodeploy.export.onnx_export import export_metadata
-
-    def load(name: str):
-        spec = mmode_model(name, bn_mode) if name in (MMODE_QUALITY, MMODE_LVID) else model_spec(name)
-        module, checkpoint = served_module(spec, weights_dir, seed)
-        return spec, module, export_metadata(spec, checkpoint, seed, precision)
-
-    return load
 
 
 def precision_agreement(backend: TorchBackend, spec: ModelSpec, module: nn.Module, items: int = 8) -> dict:

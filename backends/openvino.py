@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from echodeploy.backend import ModelInfo
+from echodeploy.backends.base import ModelInfo
 from echodeploy.errors import BackendError
 from echodeploy.repository import model_file
 

@@ -29,8 +29,8 @@ import statsmodels.api as sm
 from sklearn.model_selection import KFold, StratifiedKFold
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationError, PerfectSeparationWarning
 
-from echodeploy.backend import Backend
 from echodeploy.client.results.metrics import binary_metrics, rank_auc, regression_metrics, roc_auc
+from echodeploy.client.runs.cmr import IDENTITY, VIEW_MODELS_FILE
 from echodeploy.client.runs.inputs import STUDY, TARGET, VIDEO, read_table, target_values
 from echodeploy.client.runs.journal import write_atomic, write_csv_atomic
 from echodeploy.errors import EchodeployError
@@ -39,8 +39,6 @@ from echodeploy.specs import TASKS, VIEWS, cmr_model
 log = logging.getLogger(__name__)
 
 FORMAT = "echodeploy-study-model/1"
-VIEW_MODELS_FILE = "view_models.json"
-IDENTITY = ("checkpoint_sha256", "precision", "untrained", "random_seed")
 PROBABILITY_FLOOR = 1e-6  # probabilities are clipped to [floor, 1 - floor] before the logit
 MIN_PER_CLASS = 2
 N_BOOTSTRAP = 1000
@@ -48,44 +46,14 @@ N_BOOTSTRAP = 1000
 
 # --- the view models a run used -------------------------------------------------------------
 
-def view_model_ids(backend: Backend, views, tasks) -> dict[str, dict]:
-    """What identifies each served view model: view, task and the IDENTITY fields of its metadata."""
-    ids = {}
-    for view in views:
-        for task in tasks:
-            name = cmr_model(view, task).name
-            metadata = backend.model_info(name).metadata
-            ids[name] = {"view": view, "task": task, **{key: metadata.get(f"echodeploy.{key}", "") for key in IDENTITY}}
-    return ids
-
-
-def served_view_models(backend: Backend, views, tasks, study_model: Path | None = None) -> dict[str, dict]:
-    """The served view models' ids; a study model fitted on other view models is refused (before inference)."""
-    ids = view_model_ids(backend, views, tasks)
-    if study_model is not None:
-        model = load_study_model(study_model)
-        if model["task"] not in tasks:
-            raise EchodeployError(f"study model {study_model} is for {model['task']}, which this run does not "
-                                  f"predict (tasks: {', '.join(tasks)})")
-        check_view_models(model, study_model, ids, "the served models")
-    return ids
-
-
-def write_study_outputs(out_dir: Path, view_models: dict[str, dict], study_model: Path | None, metrics: dict) -> dict:
-    """A cmr run's part: its view models to view_models.json, then the study model applied if one is given;
-    returns the run's metrics (with the study model's, if any)."""
-    path = Path(out_dir) / VIEW_MODELS_FILE
-    try:
-        before = read_json(path) if path.is_file() else view_models
-    except EchodeployError:
-        before = {}  # unreadable: rewritten below
-    if before != view_models:
-        changed = sorted(name for name in {*before, *view_models} if before.get(name) != view_models.get(name))
-        log.warning("%s: %s differ from the view models this folder's earlier rows came from; finished rows are "
-                    "not recomputed, so its predictions may mix models", out_dir, ", ".join(changed))
-    text = json.dumps(view_models, indent=2)
-    write_atomic(path, lambda tmp: tmp.write_text(text))
-    return apply_study_model(out_dir, study_model) if study_model is not None else metrics
+def check_study_model(study_model: Path, view_models: dict[str, dict], tasks) -> None:
+    """Refuse a study model for a task the run does not predict, or fitted on other view models than
+    the served ones (`view_models`, as `view_model_ids` gives them): checked before any inference."""
+    model = load_study_model(study_model)
+    if model["task"] not in tasks:
+        raise EchodeployError(f"study model {study_model} is for {model['task']}, which this run does not "
+                              f"predict (tasks: {', '.join(tasks)})")
+    check_view_models(model, study_model, view_models, "the served models")
 
 
 def check_view_models(model: dict, model_path: Path, found: dict[str, dict], where: str) -> None:

@@ -424,7 +424,7 @@ def run_pheno(beat_tables: list[Path], mice_table: Path, out_dir: Path, options:
     for name in ("tests", "mice", "excluded", "agreement"):
         write_csv_atomic(getattr(result, name), out_dir / f"{name}.csv")
     if options.figures:
-        from echodeploy.client.results.pheno_figures import draw_pheno_figures
+        from echodeploy.analysis.pheno_figures import draw_pheno_figures
 
         result.figures = draw_pheno_figures(out_dir / "figures", table, tests, result.agreement)
     return result

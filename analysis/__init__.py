@@ -1,0 +1,1 @@
+"""Analyses of finished runs' outputs: study-level models over the views, and mutant vs control phenotyping."""

@@ -1,1 +1,0 @@
-"""Inference backends: embedded ONNX Runtime, Triton client, local server lifecycle, batching."""
