@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup server-env server-env-torch demo lint test clean
+.PHONY: setup server-env server-env-torch demo lint test test-fast clean
 
 setup: $(VENV)/.installed
 
@@ -32,12 +32,16 @@ demo: setup
 # folders export/, client/, ... become echodeploy.export, echodeploy.client, ...).
 lint: setup
 	$(BIN)/ruff check .
-	rm -rf build/layers
+	rm -rf build/layers build/lib  # build/lib would keep modules that were moved or deleted
 	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w build/layers . 2>/dev/null
 	cd build/layers && $(PYTHON) -m zipfile -e *.whl . && PYTHONPATH=. ../../$(BIN)/lint-imports ../../pyproject.toml
 
 test: lint server-env-torch
 	$(BIN)/python -m pytest
+
+# The working loop: pure and small real-file tests; no tritonserver, Ray, wheel install or minutes-long runs.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not server and not ray and not wheel and not slow"
 
 clean:
 	rm -rf $(VENV) .venv-server echodeploy_demo model_repository/*/

@@ -8,7 +8,7 @@ from setuptools import find_packages, setup
 
 FOLDERS = ("export", "backends", "client", "analysis", "preprocessing", "benchmarks")
 
-packages = ["echodeploy"]
+packages = ["echodeploy"] + [f"echodeploy.{sub}" for sub in find_packages("echodeploy")]
 for folder in FOLDERS:
     packages += [f"echodeploy.{folder}"] + [f"echodeploy.{folder}.{sub}" for sub in find_packages(folder)]
 

@@ -15,6 +15,8 @@ import numpy as np
 from echodeploy.errors import BackendError
 from echodeploy.specs import ModelSpec
 
+EMBEDDED = ("onnxruntime", "openvino")  # backends that run the repository's models in this process
+
 
 @dataclass(frozen=True)
 class ModelInfo:

@@ -19,15 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from echodeploy.backends.base import EMBEDDED
 from echodeploy.errors import BackendError
 from echodeploy.preprocessing.mmode import segmentation_windows
 from echodeploy.preprocessing.video import make_clips
 from echodeploy.samples import synthetic_echo, synthetic_mmode
-from echodeploy.specs import MMODE_WINDOW, ModelSpec
+from echodeploy.specs import CLIP, MASK_PARITY, MMODE_WINDOW, PARITY_ATOL, PROFILE_WEIGHTS, WINDOW, ModelSpec
 
-EMBEDDED = ("onnxruntime", "openvino")
-PARITY_ATOL = 1e-4
-MASK_PARITY = 0.999  # the export's own torch/ONNX limit for thresholded masks
 TIMED_REQUESTS = 1
 TIMED_BATCH = 2
 
@@ -59,11 +57,11 @@ def probe_inputs(spec: ModelSpec, batch: int = 1, seed: int = 0) -> dict[str, np
     data); identity profile weights, so the segmentation model returns its whole mask."""
     if spec.family == "cmr":
         clips = [make_clips(synthetic_echo(spec.clip.window, seed=seed + i), spec.clip)[0] for i in range(batch)]
-        return {"clip": np.stack(clips)}
+        return {CLIP: np.stack(clips)}
     trace, _ = synthetic_mmode(length=MMODE_WINDOW * batch, heart_rate_bpm=450, seed=seed)
-    feeds = {"window": segmentation_windows(trace)[:batch]}
+    feeds = {WINDOW: segmentation_windows(trace)[:batch]}
     if spec.kind == "segmentation":
-        feeds["profile_weights"] = np.repeat(np.eye(MMODE_WINDOW, dtype=np.float32)[None], batch, axis=0)
+        feeds[PROFILE_WEIGHTS] = np.repeat(np.eye(MMODE_WINDOW, dtype=np.float32)[None], batch, axis=0)
     return feeds
 
 

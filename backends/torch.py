@@ -24,12 +24,10 @@ from torch import nn
 from echodeploy.agreement import summary as agreement_summary
 from echodeploy.backends.base import ModelInfo
 from echodeploy.errors import BackendError, EchodeployError, RequestError
-from echodeploy.specs import MMODE_LVID, ModelSpec, model_spec
+from echodeploy.specs import GRAPH_MODES, MMODE_LVID, TORCH_PRECISIONS, ModelSpec, model_spec
 
 log = logging.getLogger(__name__)
 
-TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
-GRAPH_MODES = ("eager", "cuda-graph", "compile")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 Loader = Callable[[str], "tuple[ModelSpec, nn.Module, dict[str, str]]"]

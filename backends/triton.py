@@ -32,6 +32,7 @@ TRANSIENT = ("unavailable", "resource_exhausted", "deadline_exceeded", "socket c
              "connection refused", "broken pipe", "connection reset", "exceeds maximum queue size",
              "server is not ready", "unknown model", "unable to find shared memory region")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+PROTOCOLS = ("grpc", "http")
 MAX_BACKOFF_S = 10.0
 
 
@@ -49,8 +50,8 @@ class TritonBackend:
 
     def __init__(self, urls: list[str], protocol: str = "grpc", max_in_flight: int = 4,
                  timeout_s: float = 120.0, retry_seconds: float = 60.0, shared_memory: bool | None = None):
-        if protocol not in ("grpc", "http"):
-            raise BackendError(f"protocol must be grpc or http, got {protocol!r}")
+        if protocol not in PROTOCOLS:
+            raise BackendError(f"protocol must be {' or '.join(PROTOCOLS)}, got {protocol!r}")
         if protocol == "grpc":
             import tritonclient.grpc as module
         else:

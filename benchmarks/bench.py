@@ -24,6 +24,7 @@ import pandas as pd
 from echodeploy.agreement import auc_change, compare_columns, compare_outputs
 from echodeploy.errors import EchodeployError
 from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, ModelSpec, model_spec, view_ensemble_name
+from echodeploy.wiring import BackendSettings, TorchSettings, open_backend
 
 BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "onnxruntime-fp16", "openvino", "openvino-int8",
             "triton")
@@ -243,33 +244,28 @@ class Served:
 
 
 def _open_backends(config: BenchConfig, specs: list[ModelSpec], work: Path, stack) -> list[Served]:
-    from echodeploy.backends.onnxruntime import OnnxRuntimeBackend
-
     needed = set(config.backends) | ({REFERENCE} if set(config.backends) & set(PRECISION_OF) else set())
     modules = {}
     if needed & {"torch", "torch-bf16"}:
         modules = {spec.name: (spec, torch_module(spec, config.weights_dir, config.seed)) for spec in specs}
     served = []
     for name in [b for b in BACKENDS if b in needed]:
+        precision = PRECISION_OF.get(name, "fp32")
         if name.startswith("torch"):
-            from echodeploy.backends.torch import TorchBackend
-
-            backend = TorchBackend(modules, PRECISION_OF.get(name, "fp32"), untrained=config.weights_dir is None)
+            torch = TorchSettings(weights_dir=config.weights_dir, seed=config.seed, precision=precision)
+            backend = open_backend(BackendSettings(name="torch", torch=torch), modules=modules)
         elif name.startswith("onnxruntime"):
-            precision = PRECISION_OF.get(name, "fp32")
             repository = work / "models" / precision
             export_repository(repository, specs, precision, config)
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if precision == "fp16" else None
-            backend = OnnxRuntimeBackend(repository, providers=providers)
+            backend = open_backend(BackendSettings(name="onnxruntime", repository=repository,
+                                                   device="cuda" if precision == "fp16" else "cpu"))
         elif name.startswith("openvino"):
-            from echodeploy.backends.openvino import OpenVinoBackend
-
-            precision = PRECISION_OF.get(name, "fp32")
             repository = work / "models" / precision
             export_repository(repository, specs, precision, config)
             # batches or several clients: split over streams (throughput hint); else all cores on one item
             several = max(config.concurrency) > 1 or max(config.batch_sizes) > 1
-            backend = OpenVinoBackend(repository, hint="throughput" if several else "latency")
+            backend = open_backend(BackendSettings(name="openvino", repository=repository,
+                                                   openvino_hint="throughput" if several else "latency"))
         else:
             backend = stack.enter_context(_triton(config, specs, work))
         seed_only = name == "torch"
@@ -285,8 +281,6 @@ class _triton:
         self.config, self.specs, self.work, self.server = config, specs, work, None
 
     def __enter__(self):
-        from echodeploy.backends.triton import TritonBackend
-
         urls = self.config.urls
         if not urls:
             from echodeploy.client.tritonserver import DEFAULT_SERVER_ENV, TritonServer, ensure_server_env
@@ -299,7 +293,8 @@ class _triton:
             env = ensure_server_env(self.config.server_env or DEFAULT_SERVER_ENV)
             self.server = TritonServer(repository, env=env).start()
             urls = [self.server.grpc_url]
-        self.backend = TritonBackend(urls, max_in_flight=max(self.config.concurrency))
+        self.backend = open_backend(BackendSettings(name="triton", urls=tuple(urls),
+                                                    max_in_flight=max(self.config.concurrency)))
         return self.backend
 
     def __exit__(self, *exc):

@@ -23,6 +23,7 @@ import pandas as pd
 from echodeploy.benchmarks.bench import SEED_BATCH, BenchConfig, _e2e_inputs, _request, matmul_peak_gflops, measure
 from echodeploy.errors import EchodeployError
 from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, ModelSpec, mmode_model, model_spec
+from echodeploy.wiring import BackendSettings, TorchSettings, open_backend
 
 GPU_MODELS = ("cmr_a4c_scar", MMODE_LVID, MMODE_QUALITY)
 TARGET_ROOFLINE = 0.40  # R(2+1)D-18 at its best batch, of the measured bf16 peak
@@ -116,12 +117,9 @@ def _point(config: GpuBenchConfig, spec: ModelSpec, module, variant: Variant, ba
     (`agreement`) the variant's agreement with fp32."""
     import torch
 
-    from echodeploy.backends.torch import TorchBackend
-
     cuda = config.device.startswith("cuda")
-    backend = TorchBackend({spec.name: (spec, module)}, variant.precision, untrained=config.weights_dir is None,
-                           device=config.device, graph=variant.graph,
-                           fixed_batch=batch if variant.graph != "eager" else 0, channels_last=variant.channels_last)
+    backend = _torch_backend(config, spec, module, variant, batch if variant.graph != "eager" else 0,
+                             variant.channels_last)
     point = {"model": spec.name, "variant": variant.name, "precision": variant.precision, "graph": variant.graph,
              "batch": batch}
     try:
@@ -158,6 +156,15 @@ def _point(config: GpuBenchConfig, spec: ModelSpec, module, variant: Variant, ba
     finally:
         backend.close()
     return point
+
+
+def _torch_backend(config: GpuBenchConfig, spec: ModelSpec, module, variant: Variant, pad_batch: int,
+                   channels_last: bool | None = None):
+    """The torch backend of one variant on a module already built (opened through the wiring)."""
+    torch = TorchSettings(weights_dir=config.weights_dir, seed=config.seed, precision=variant.precision,
+                          graph=variant.graph, pad_batch=pad_batch, channels_last=channels_last)
+    return open_backend(BackendSettings(name="torch", device=config.device, torch=torch),
+                        modules={spec.name: (spec, module)})
 
 
 def _module(config: GpuBenchConfig, spec: ModelSpec, modules: dict):
@@ -203,7 +210,6 @@ def end_to_end(config: GpuBenchConfig, work: Path, clock: _Clock, modules: dict,
     """CMR files -> predictions.csv with the best reduced variant, for each number of decode workers."""
     import shutil
 
-    from echodeploy.backends.torch import TorchBackend
     from echodeploy.client.runs.cmr import CmrOptions, run_cmr
     from echodeploy.client.runs.inputs import read_inputs
 
@@ -215,9 +221,8 @@ def end_to_end(config: GpuBenchConfig, work: Path, clock: _Clock, modules: dict,
     cuda = config.device.startswith("cuda")
     variant = Variant("bf16", "cuda-graph" if cuda else "eager")
     rows, skipped = [], []
-    backend = TorchBackend({spec.name: (spec, _module(config, spec, modules))}, variant.precision,
-                           untrained=config.weights_dir is None, device=config.device, graph=variant.graph,
-                           fixed_batch=config.e2e_batch if cuda else 0)
+    backend = _torch_backend(config, spec, _module(config, spec, modules), variant,
+                             config.e2e_batch if cuda else 0)
     for workers in config.e2e_workers:
         if clock.spent:
             skipped.append(f"end to end, {workers} workers")

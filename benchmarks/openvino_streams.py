@@ -14,14 +14,16 @@ import time
 from pathlib import Path
 
 from echodeploy.backends.embedded import probe_inputs
-from echodeploy.backends.openvino import HINTS, OpenVinoBackend
 from echodeploy.specs import model_spec
+from echodeploy.wiring import BackendSettings, open_backend
+from echodeploy.wiring.settings import HINTS
 
 
 def compare_hints(repository: Path, model: str, batch: int, rounds: int) -> dict[str, list[float]]:
     """Items/s of each hint per round, on the same generated batch; rounds alternate the hints."""
     spec = model_spec(model)
-    backends = {hint: OpenVinoBackend(repository, hint=hint) for hint in HINTS}
+    backends = {hint: open_backend(BackendSettings(name="openvino", repository=repository, openvino_hint=hint))
+                for hint in HINTS}
     feeds, rates = probe_inputs(spec, batch), {hint: [] for hint in HINTS}
     for backend in backends.values():
         backend.infer(model, feeds)  # compile, allocate, tune

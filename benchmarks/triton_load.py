@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from echodeploy.specs import CLIP
+from echodeploy.wiring import BackendSettings, open_backend
+
 ROOT = Path(__file__).resolve().parents[1]
 DISTINCT_INPUTS = 8
 TOLERANCE = 1e-6
@@ -37,11 +40,9 @@ def make_inputs(batch: int) -> list[np.ndarray]:
 
 def quiet_run(url: str, model: str, output: str, batch: int) -> list[np.ndarray]:
     """Every input once, one request at a time, nothing else running."""
-    from echodeploy.backends.triton import TritonBackend
-
-    backend = TritonBackend([url])
+    backend = open_backend(BackendSettings(name="triton", urls=(url,)))
     try:
-        return [backend.infer(model, {"clip": clips}, [output])[output] for clips in make_inputs(batch)]
+        return [backend.infer(model, {CLIP: clips}, [output])[output] for clips in make_inputs(batch)]
     finally:
         backend.close()
 
@@ -49,10 +50,8 @@ def quiet_run(url: str, model: str, output: str, batch: int) -> list[np.ndarray]
 def client(index: int, url: str, model: str, output: str, batch: int, requests: int, stop_at: float,
            expected: list[np.ndarray]) -> dict:
     """One client process: sequential requests until the count or the time limit is reached."""
-    from echodeploy.backends.triton import TritonBackend
-
     inputs = make_inputs(batch)
-    backend = TritonBackend([url], retry_seconds=10)
+    backend = open_backend(BackendSettings(name="triton", urls=(url,), retry_seconds=10))
     latencies, errors, max_diff = [], [], 0.0
     began = time.time()
     try:
@@ -62,7 +61,7 @@ def client(index: int, url: str, model: str, output: str, batch: int, requests: 
             which = (index + i) % DISTINCT_INPUTS
             start = time.perf_counter()
             try:
-                result = backend.infer(model, {"clip": inputs[which]}, [output])[output]
+                result = backend.infer(model, {CLIP: inputs[which]}, [output])[output]
             except Exception as exc:  # a failed request is a finding to count, not a crash
                 errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                 continue

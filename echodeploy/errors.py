@@ -5,6 +5,10 @@ Bulk jobs record an `InputError` against the row that caused it and go on; every
 the run with one readable line.
 """
 
+# Exit codes of every command: all rows ok; finished with row errors (see their status); failed
+# (bad arguments, missing model, unreachable server); interrupted (rerun to resume).
+EXIT_OK, EXIT_ITEM_ERRORS, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
+
 
 class EchodeployError(Exception):
     """Anything the CLI reports as one line, without a traceback."""

@@ -11,6 +11,7 @@ from pathlib import Path
 VERSION = "1"
 MODEL_FILENAME = "model.onnx"
 DEFAULT_REPOSITORY = Path("model_repository")
+TRITON_TARGETS = ("cpu", "gpu", "openvino", "gpu-torch")  # the Triton configs export writes (TARGET file)
 
 
 def model_file(repository: Path, name: str) -> Path:

@@ -1,7 +1,7 @@
-"""Model specs: the one place that says what each deployable model is.
+"""Model specs: the one place that says what each deployable model is, and the limits it is held to.
 
-Export, the model repository and the client all read these specs; none of them
-redefines a tensor name, a dtype, a shape or a task.
+Export, the model repository, the backends and the client all read these specs; none of them
+redefines a tensor name, a dtype, a shape, a task or a parity limit.
 """
 
 from __future__ import annotations
@@ -13,6 +13,21 @@ from typing import Literal
 from echodeploy.errors import EchodeployError
 
 VIEWS = ("A4C", "A2C", "PLAX")
+
+# Tensor names of the served graphs.
+CLIP = "clip"  # CMR: uint8 clips (N, 3, T, H, W)
+WINDOW = "window"  # M-mode: float32 grey windows (N, 1, 256, 256)
+PROFILE_WEIGHTS = "profile_weights"  # M-mode segmentation: row weights of the resize back to the trace height
+LVID_PROFILE = "lvid_profile"  # M-mode segmentation: per-column mask counts and row-index sums
+QUALITY_PROB = "quality_prob"  # M-mode quality: good-quality probability
+
+# Limits an output is held to against its reference (torch for an export, ONNX Runtime for another backend).
+PARITY_ATOL = 1e-4  # max |diff| of probabilities and values
+MASK_PARITY = 0.999  # fraction of thresholded mask pixels that must agree
+
+# PyTorch in the process (`--backend torch`): autocast precisions and how the network is replayed.
+TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
+GRAPH_MODES = ("eager", "cuda-graph", "compile")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,17 +146,17 @@ def mmode_model(name: str, bn_mode: str = "seed") -> ModelSpec:
     the mask resized to the trace height, given that resize's row weights (N, 2, 256).
     """
     _check_known("bn mode", bn_mode, BN_MODES)
-    window = TensorSpec(name="window", dtype="float32", shape=(1, MMODE_WINDOW, MMODE_WINDOW))
+    window = TensorSpec(name=WINDOW, dtype="float32", shape=(1, MMODE_WINDOW, MMODE_WINDOW))
     if name == MMODE_QUALITY:
         return ModelSpec(name=name, family="mmode", kind="quality", bn_mode=bn_mode, inputs=(window,),
-                         outputs=(TensorSpec(name="quality_prob", dtype="float32", shape=(1,)),),
+                         outputs=(TensorSpec(name=QUALITY_PROB, dtype="float32", shape=(1,)),),
                          flops_per_item=CARDIONET_FLOPS)
     if name == MMODE_LVID:
         # free rows: identity weights (256 rows) return the whole mask, for agreement checks
-        weights = TensorSpec(name="profile_weights", dtype="float32", shape=(2, MMODE_WINDOW), dynamic_dims=(0,))
+        weights = TensorSpec(name=PROFILE_WEIGHTS, dtype="float32", shape=(2, MMODE_WINDOW), dynamic_dims=(0,))
         return ModelSpec(name=name, family="mmode", kind="segmentation", bn_mode=bn_mode,
                          inputs=(window, weights),
-                         outputs=(TensorSpec(name="lvid_profile", dtype="float32", shape=(2, MMODE_WINDOW),
+                         outputs=(TensorSpec(name=LVID_PROFILE, dtype="float32", shape=(2, MMODE_WINDOW),
                                              dynamic_dims=(0,)),),
                          flops_per_item=QUICKNAT_FLOPS)
     raise EchodeployError(f"unknown M-mode model {name!r}; known: {MMODE_QUALITY}, {MMODE_LVID}")
@@ -164,7 +179,7 @@ def cmr_model(view: str, task: str, clip: ClipSpec = ClipSpec()) -> ModelSpec:
         view=view,
         task=task,
         clip=clip,
-        inputs=(TensorSpec(name="clip", dtype="uint8", shape=clip.shape),),
+        inputs=(TensorSpec(name=CLIP, dtype="uint8", shape=clip.shape),),
         outputs=(TensorSpec(name=TASKS[task].output, dtype="float32", shape=(1,)),),
         flops_per_item=R2PLUS1D_FLOPS,
     )
@@ -179,6 +194,13 @@ def model_spec(name: str) -> ModelSpec:
         raise EchodeployError(f"unknown model {name!r}: expected cmr_<view>_<task> "
                               f"(e.g. cmr_a4c_scar), {MMODE_QUALITY} or {MMODE_LVID}")
     return cmr_model(view.upper(), task)
+
+
+def registered_models() -> list[ModelSpec]:
+    """Every model a repository can serve: each view x task network, and both M-mode networks in each
+    BatchNorm mode."""
+    return ([cmr_model(view, task) for view in VIEWS for task in TASKS]
+            + [mmode_model(name, bn_mode) for name in (MMODE_QUALITY, MMODE_LVID) for bn_mode in BN_MODES])
 
 
 def view_ensemble_name(view: str) -> str:

@@ -19,7 +19,7 @@ from echodeploy.preprocessing.clips import DICOM_SUFFIXES, VIDEO_SUFFIXES, load_
 from echodeploy.preprocessing.mmode import profile_weights, read_mmode, segmentation_windows
 from echodeploy.preprocessing.video import make_clips
 from echodeploy.samples import synthetic_echo, synthetic_mmode
-from echodeploy.specs import ModelSpec
+from echodeploy.specs import CLIP, PROFILE_WEIGHTS, WINDOW, ModelSpec
 
 Feed = dict[str, np.ndarray]
 
@@ -32,12 +32,12 @@ def calibration_feeds(spec: ModelSpec, count: int, source: Path | None = None, s
     """
     items = _file_items(spec, count, Path(source)) if source else _generated_items(spec, count, seed)
     if spec.family == "cmr":
-        return [{"clip": item[None]} for item in items]
-    feeds = [{"window": item[None]} for item in items]
+        return [{CLIP: item[None]} for item in items]
+    feeds = [{WINDOW: item[None]} for item in items]
     if spec.kind == "segmentation":
         weights = profile_weights(spec.inputs[0].shape[-1])[None]
         for feed in feeds:
-            feed["profile_weights"] = weights
+            feed[PROFILE_WEIGHTS] = weights
     return feeds
 
 

@@ -27,9 +27,17 @@ from echodeploy.export.precision import Precisions, export_at_precision, precisi
 from echodeploy.export.quicknat import QuickNAT
 from echodeploy.export.served import ServedLvidProfile, ServedQuality
 from echodeploy.repository import model_file
-from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, ModelSpec, mmode_model
+from echodeploy.specs import (
+    MASK_PARITY,
+    MMODE_LVID,
+    MMODE_QUALITY,
+    MMODE_WINDOW,
+    PARITY_ATOL,
+    WINDOW,
+    ModelSpec,
+    mmode_model,
+)
 
-MASK_AGREEMENT = 0.999  # fraction of mask pixels ONNX and torch must agree on
 LOGIT_RTOL = 0.05  # logit tolerance relative to the largest logit (max-pool ties move blobs)
 
 
@@ -69,29 +77,29 @@ def check_segmentation(net: QuickNAT, spec: ModelSpec) -> float:
     magnitude or fewer than 99.9% of mask pixels agree.
     """
     rng = np.random.default_rng(0)
-    windows = rng.uniform(0, 255, size=(3, 1, 256, 256)).astype(np.float32)
+    windows = rng.uniform(0, 255, size=(3, 1, MMODE_WINDOW, MMODE_WINDOW)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "quicknat.onnx"
-        torch.onnx.export(net, (torch.from_numpy(windows[:1]),), str(path), input_names=["window"],
-                          output_names=["logits"], dynamic_axes={"window": {0: "batch"}, "logits": {0: "batch"}},
+        torch.onnx.export(net, (torch.from_numpy(windows[:1]),), str(path), input_names=[WINDOW],
+                          output_names=["logits"], dynamic_axes={WINDOW: {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=17, dynamo=False)
-        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"window": windows})[0]
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {WINDOW: windows})[0]
     with torch.no_grad():
         ref = net(torch.from_numpy(windows)).numpy()
     agreement = float(((got > 0) == (ref > 0)).mean())
     diff, scale = float(np.abs(got - ref).max()), float(np.abs(ref).max())
-    if agreement < MASK_AGREEMENT or diff > LOGIT_RTOL * scale:
+    if agreement < MASK_PARITY or diff > LOGIT_RTOL * scale:
         raise ExportError(f"{spec.name}: ONNX logits differ from torch by {diff:.3g} (scale {scale:.3g}), "
-                          f"mask agreement {agreement:.4%} (< {MASK_AGREEMENT:.1%} fails)")
+                          f"mask agreement {agreement:.4%} (< {MASK_PARITY:.1%} fails)")
     return agreement
 
 
 MMODE_NETWORKS = {
     MMODE_QUALITY: MModeNetwork(checkpoint="cardionet.pt", build=CardioNet, load=load_cardionet,
-                                served=ServedQuality, atol=1e-4),
+                                served=ServedQuality, atol=PARITY_ATOL),
     # the profile sums many thresholded pixels: allow the 0.1% of pixels that may flip
     MMODE_LVID: MModeNetwork(checkpoint="quicknat.pt", build=QuickNAT, load=load_quicknat,
-                             served=ServedLvidProfile, atol=(1 - MASK_AGREEMENT) * 256 * 256,
+                             served=ServedLvidProfile, atol=(1 - MASK_PARITY) * MMODE_WINDOW**2,
                              check=check_segmentation),
 }
 

@@ -18,10 +18,9 @@ from torch import nn
 
 from echodeploy.errors import ExportError
 from echodeploy.export.checkpoints import sha256
-from echodeploy.specs import ModelSpec
+from echodeploy.specs import PARITY_ATOL, PROFILE_WEIGHTS, ModelSpec
 
 OPSET = 17
-PARITY_ATOL = 1e-4
 VALIDATION_BATCHES = (1, 3)
 
 
@@ -39,7 +38,7 @@ def _sample_inputs(spec: ModelSpec, batch: int, seed: int) -> dict[str, np.ndarr
     feeds = {}
     for t in spec.inputs:
         shape = (batch, *t.shape)
-        if t.name == "profile_weights":
+        if t.name == PROFILE_WEIGHTS:
             feeds[t.name] = np.ones(shape, t.dtype)
         elif t.dtype == "uint8":
             feeds[t.name] = rng.integers(0, 256, size=shape).astype(t.dtype)

@@ -21,8 +21,8 @@ import onnxruntime as ort
 from echodeploy.agreement import compare_outputs
 from echodeploy.errors import ExportError
 from echodeploy.export.calibration import Feed, calibration_feeds
-from echodeploy.export.onnx_export import PARITY_ATOL, ExportReport, export_onnx
-from echodeploy.specs import ModelSpec, model_spec
+from echodeploy.export.onnx_export import ExportReport, export_onnx
+from echodeploy.specs import PARITY_ATOL, PROFILE_WEIGHTS, WINDOW, ModelSpec, model_spec
 
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
@@ -114,7 +114,7 @@ def comparable_feeds(spec: ModelSpec, feeds: list[Feed]) -> list[Feed]:
     if spec.kind != "segmentation":
         return feeds
     identity = np.eye(spec.inputs[0].shape[-1], dtype=np.float32)
-    return [{**feed, "profile_weights": np.repeat(identity[None], len(feed["window"]), axis=0)} for feed in feeds]
+    return [{**feed, PROFILE_WEIGHTS: np.repeat(identity[None], len(feed[WINDOW]), axis=0)} for feed in feeds]
 
 
 def comparable_output(spec: ModelSpec, output: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ import pydicom
 from echodeploy.errors import InputError
 from echodeploy.preprocessing.dicom_cine import decode_frames, read_dataset
 from echodeploy.preprocessing.video import check_size
+from echodeploy.specs import MMODE_WINDOW
 
 REGION_MMODE = 2  # RegionSpatialFormat of an M-mode region
 SEED_REGION_INDEX = 2  # the seed hard-codes the third region
@@ -205,11 +206,10 @@ def read_mmode(path: Path) -> MModeTrace:
 
 
 # --- network windows ------------------------------------------------------------------
-WINDOW = 256  # network input side
 
 
 def _resize(window: np.ndarray) -> np.ndarray:
-    return cv2.resize(window.astype(np.float32), (WINDOW, WINDOW), interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(window.astype(np.float32), (MMODE_WINDOW, MMODE_WINDOW), interpolation=cv2.INTER_CUBIC)
 
 
 def segmentation_windows(trace: np.ndarray) -> np.ndarray:
@@ -218,14 +218,14 @@ def segmentation_windows(trace: np.ndarray) -> np.ndarray:
     if length < height:
         raise InputError(f"trace of {length} columns is shorter than its height {height}", "too_short")
     count = length // height + 1
-    check_size(count * WINDOW * WINDOW * 4, f"{count} segmentation windows ({height} x {length} trace)")
+    check_size(count * MMODE_WINDOW * MMODE_WINDOW * 4, f"{count} segmentation windows ({height} x {length} trace)")
     starts = [i * height for i in range(count - 1)] + [length - height]
     return np.stack([_resize(trace[:, s:s + height]) for s in starts])[:, None]
 
 
 def nearest_source(size: int) -> np.ndarray:
     """Row (or column) of a 256-wide mask that OpenCV's nearest resize to `size` reads for each output index."""
-    return np.minimum((np.arange(size) * (WINDOW / size)).astype(np.int64), WINDOW - 1)
+    return np.minimum((np.arange(size) * (MMODE_WINDOW / size)).astype(np.int64), MMODE_WINDOW - 1)
 
 
 def profile_weights(height: int) -> np.ndarray:
@@ -233,8 +233,8 @@ def profile_weights(height: int) -> np.ndarray:
     and the sum of their row indices. With them the served model returns per-column pixel
     counts and row-index sums of the resized mask without sending the mask."""
     source = nearest_source(height)
-    counts = np.bincount(source, minlength=WINDOW)
-    row_sums = np.bincount(source, weights=np.arange(height), minlength=WINDOW)
+    counts = np.bincount(source, minlength=MMODE_WINDOW)
+    row_sums = np.bincount(source, weights=np.arange(height), minlength=MMODE_WINDOW)
     return np.stack([counts, row_sums]).astype(np.float32)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import cv2
 import numpy as np
@@ -11,7 +11,8 @@ import numpy as np
 from echodeploy.errors import InputError
 from echodeploy.specs import ClipSpec
 
-ClipMode = Literal["first", "all"]
+ClipMode = Literal["first", "all"]  # the seed's clip, or every clip start (test-time augmentation)
+CLIP_MODES: tuple[str, ...] = get_args(ClipMode)
 MAX_DECODED_BYTES = 4 * 2**30  # memory sanity limit: an input whose arrays would take more is refused
 
 

@@ -51,6 +51,30 @@ def video_manifest(root: Path, count: int) -> Path:
     return manifest
 
 
+def assert_outputs_close(left, right, columns, atol: float) -> None:
+    """Two result tables of the same inputs: the same statuses, a finite value in every ok row of both
+    (rows that are NaN in both runs prove nothing), and values within `atol`."""
+    import numpy as np
+
+    assert left["status"].tolist() == right["status"].tolist()
+    ok = (left["status"] == "ok").to_numpy()
+    assert ok.any(), "no row finished ok: nothing was compared"
+    for column in columns:
+        for table in (left, right):
+            assert np.isfinite(table.loc[ok, column].to_numpy(float)).all(), column
+        np.testing.assert_allclose(left[column], right[column], atol=atol, err_msg=column)
+
+
+SERVER_FIXTURES = {"triton", "server_env", "scar_repository"}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that start or need a real tritonserver are marked `server` by the fixtures they use."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real `echodeploy` entry point."""
     return subprocess.run([sys.executable, "-m", "echodeploy", *args], capture_output=True,

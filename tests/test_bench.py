@@ -76,7 +76,7 @@ def test_measure_reports_percentiles_and_stability():
 
 
 def test_export_int8_stores_and_prints_agreement(tmp_path):
-    result = run_cli("export", "--untrained", "--views", "A4C", "--tasks", "scar", "--precision", "int8",
+    result = run_cli("export", "--untrained", "--view", "A4C", "--task", "scar", "--precision", "int8",
                      "-r", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "int8 vs fp32: mean |delta|" in result.stdout
@@ -97,9 +97,9 @@ def test_export_refuses_bf16_with_the_alternative(tmp_path):
 def test_bench_tiny_configuration(tmp_path, triton):
     """Two points per backend (embedded fp32, torch bf16, a running tritonserver); every field present."""
     out = tmp_path / "bench"
-    result = run_cli("bench", "--models", "cmr_a4c_scar", "--backends", "onnxruntime,torch-bf16,triton",
-                     "--url", triton.grpc_url, "--batch-sizes", "1", "--concurrency", "1,2", "--requests", "1",
-                     "--max-windows", "3", "--modes", "model", "--out", str(out))
+    result = run_cli("bench", "--model", "cmr_a4c_scar", "--backend", "onnxruntime,torch-bf16,triton",
+                     "--url", triton.grpc_url, "--batch-size", "1", "--concurrency", "1,2", "--requests", "1",
+                     "--max-windows", "3", "--mode", "model", "--out", str(out))
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "bench.json").read_text())
     assert {"date", "machine", "peaks", "config", "points", "end_to_end", "agreement"} <= set(report)

@@ -9,13 +9,54 @@ from echodeploy.export.cmr import export_cmr_models, seeded_network
 from echodeploy.export.onnx_export import OPSET, validate
 from echodeploy.export.served import ServedClipModel
 from echodeploy.repository import model_file
-from echodeploy.specs import TASKS, cmr_model
+from echodeploy.specs import (
+    BN_MODES,
+    MMODE_LVID,
+    MMODE_QUALITY,
+    TASKS,
+    VIEWS,
+    cmr_model,
+    mmode_model,
+    model_spec,
+    registered_models,
+)
 
 EXPORTED_TASKS = ("scar", "t1")  # what the session `repository` fixture exports
 
 
-def test_every_task_kind_has_an_export_test():
-    assert {TASKS[t].kind for t in EXPORTED_TASKS} == {t.kind for t in TASKS.values()}
+ONNX_TYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
+
+
+def _layout(tensors, dynamic: dict[str, tuple[int, ...]]) -> list[tuple[str, list]]:
+    """(type, fixed per-item dimensions) of ONNX Runtime's tensors; `dynamic` names free dimensions."""
+    return [(t.type, [d for i, d in enumerate(t.shape[1:]) if i not in dynamic.get(t.name, ())]) for t in tensors]
+
+
+def test_every_registered_model_matches_an_exported_graph(mmode_repository):
+    """Walk every registered spec: its name resolves back to it, its metadata says what it is, and its
+    tensors are those of the exported graph of its family and kind (the session exports one of each)."""
+    exported = {}
+    for name in (*(cmr_model("A4C", t).name for t in EXPORTED_TASKS), MMODE_QUALITY, MMODE_LVID):
+        spec = model_spec(name)
+        exported[(spec.family, spec.kind)] = ort.InferenceSession(str(model_file(mmode_repository, name)),
+                                                                  providers=["CPUExecutionProvider"])
+    specs = registered_models()
+    assert len({s.name + s.bn_mode for s in specs}) == len(specs) == len(VIEWS) * len(TASKS) + 2 * len(BN_MODES)
+    for spec in specs:
+        assert (mmode_model(spec.name, spec.bn_mode) if spec.bn_mode else model_spec(spec.name)) == spec
+        assert spec.metadata()["echodeploy.model"] == spec.name and spec.metadata()["echodeploy.kind"] == spec.kind
+        if spec.family == "cmr":
+            assert spec.name == f"cmr_{spec.view.lower()}_{spec.task}" and spec.kind == TASKS[spec.task].kind
+            assert [t.name for t in spec.outputs] == [TASKS[spec.task].output]
+        assert (spec.family, spec.kind) in exported, f"{spec.name}: no export test covers its kind {spec.kind}"
+        session = exported[(spec.family, spec.kind)]
+        dynamic = {t.name: t.dynamic_dims for t in (*spec.inputs, *spec.outputs)}
+        assert [t.name for t in session.get_inputs()] == [t.name for t in spec.inputs], spec.name
+        assert _layout(session.get_inputs(), dynamic) == [
+            (ONNX_TYPES[t.dtype], [d for i, d in enumerate(t.shape) if i not in t.dynamic_dims]) for t in spec.inputs]
+        assert _layout(session.get_outputs(), dynamic | {o.name: spec.outputs[0].dynamic_dims
+                                                         for o in session.get_outputs()}) == [
+            (ONNX_TYPES[t.dtype], [d for i, d in enumerate(t.shape) if i not in t.dynamic_dims]) for t in spec.outputs]
 
 
 @pytest.mark.parametrize("task", EXPORTED_TASKS)

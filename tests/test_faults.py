@@ -41,7 +41,7 @@ def manifest(tmp_path_factory) -> Path:
 
 
 def _cmr_args(manifest: Path, out: Path, url: str, *extra: str) -> list[str]:
-    return ["cmr", str(manifest), "--out", str(out), "--view", "A4C", "--tasks", "scar", "--batch-size", "1",
+    return ["cmr", str(manifest), "--out", str(out), "--view", "A4C", "--task", "scar", "--batch-size", "1",
             "--workers", "0", "--backend", "triton", "--url", url, *extra]
 
 
@@ -148,7 +148,7 @@ def test_full_disk_stops_cleanly_and_keeps_finished_rows(repository, manifest, t
     out = tmp_path / "out"
     first_two = tmp_path / "first_two.csv"
     pd.read_csv(manifest).head(2).to_csv(first_two, index=False)
-    common = ["--out", str(out), "--view", "A4C", "--tasks", "scar", "--workers", "0", "--data-root",
+    common = ["--out", str(out), "--view", "A4C", "--task", "scar", "--workers", "0", "--data-root",
               str(manifest.parent), "--repository", str(repository)]
     assert run_cli("cmr", str(first_two), *common).returncode == 0
     journal = out / "records.jsonl"

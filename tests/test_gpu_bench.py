@@ -6,14 +6,17 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow
 
 
 def test_gpu_script_reduced_run_on_cpu(tmp_path):
     out = tmp_path / "gpu"
     started = time.perf_counter()
     result = subprocess.run([str(ROOT / "benchmarks" / "gpu.sh"), str(out), "--device", "cpu",
-                             "--models", "cmr_a4c_scar,mmode_quality", "--budget", "1200"],
+                             "--model", "cmr_a4c_scar,mmode_quality", "--budget", "1200"],
                             capture_output=True, text=True, timeout=1200, env={**os.environ, "PYTHON": sys.executable})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "gpu.json").read_text())

@@ -10,12 +10,11 @@ import torch
 
 from echodeploy.backends.torch import TorchBackend
 from echodeploy.errors import ExportError
-from echodeploy.export.mmode import MASK_AGREEMENT
 from echodeploy.export.modules import checkpoint_loader, served_module
 from echodeploy.export.served import ServedClipModel
 from echodeploy.export.triton.repository import NETWORK_SOURCES, NETWORKS, parse_config, write_triton_repository
 from echodeploy.repository import model_file
-from echodeploy.specs import cmr_model, mmode_model
+from echodeploy.specs import MASK_PARITY, MMODE_WINDOW, cmr_model, mmode_model
 
 MODELS = ("cmr_a4c_scar", "mmode_quality", "mmode_lvid")
 
@@ -95,7 +94,7 @@ def test_tritonserver_serves_torch_models_like_onnxruntime(torch_repository, ser
                 assert np.abs(got - in_process.infer(spec.name, feeds, [output])[output]).max() <= 1e-4, spec.name
                 if spec.name == "mmode_lvid":  # thresholded pixels: one at logit ~0 may flip between runtimes
                     flipped = np.abs(got - want)[:, 0].sum(axis=-1)  # per window, from the per-column counts
-                    assert flipped.max() <= (1 - MASK_AGREEMENT) * 256 * 256, flipped
+                    assert flipped.max() <= (1 - MASK_PARITY) * MMODE_WINDOW**2, flipped
                 else:
                     assert np.abs(got - want).max() <= 1e-4, spec.name
         finally:

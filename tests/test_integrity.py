@@ -48,7 +48,7 @@ def run(repository, tmp_path):
     (data / "bad.avi").write_bytes(b"junk" * 10)
 
     def cmr():
-        return run_cli("cmr", str(data), "--out", str(out), "--view", "A4C", "--tasks", "scar,t1",
+        return run_cli("cmr", str(data), "--out", str(out), "--view", "A4C", "--task", "scar,t1",
                        "--workers", "0", "--repository", str(repository))
     return data, out, cmr
 

@@ -22,7 +22,7 @@ def data(tmp_path_factory):
 
 
 def cmr(manifest, out, repository, *extra):
-    return run_cli("cmr", str(manifest), "--out", str(out), "--view", "A4C", "--tasks", "scar",
+    return run_cli("cmr", str(manifest), "--out", str(out), "--view", "A4C", "--task", "scar",
                    "--workers", "0", "--repository", str(repository), *extra)
 
 

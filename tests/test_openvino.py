@@ -162,12 +162,12 @@ def test_default_backend_is_the_fastest_that_matches(repository, tmp_path):
 
 def test_cli_names_the_backend_on_the_first_line(repository, tmp_path):
     write_avi(tmp_path / "data" / "v.avi", synthetic_echo(34, seed=5))
-    result = run_cli("cmr", str(tmp_path / "data"), "--view", "A4C", "--tasks", "scar", "--out",
+    result = run_cli("cmr", str(tmp_path / "data"), "--view", "A4C", "--task", "scar", "--out",
                      str(tmp_path / "out"), "--repository", str(repository))
     assert result.returncode == 0, result.stderr
     first = result.stdout.splitlines()[0]
     assert first.startswith(("backend: onnxruntime (", "backend: openvino (")) and "--backend to choose" in first
-    again = run_cli("cmr", str(tmp_path / "data"), "--view", "A4C", "--tasks", "scar", "--out",
+    again = run_cli("cmr", str(tmp_path / "data"), "--view", "A4C", "--task", "scar", "--out",
                     str(tmp_path / "again"), "--repository", str(repository))
     assert again.stdout.splitlines()[0].startswith(first.split(" (")[0]) and "as measured before" in again.stdout
     tables = [pd.read_csv(tmp_path / run / "predictions.csv").drop(columns="decode_s") for run in ("out", "again")]
@@ -180,7 +180,7 @@ BLOCK_OPENVINO = "import sys; sys.modules['openvino'] = None; from echodeploy.cl
 def test_missing_extra_is_one_clear_line(repository, tmp_path):
     """Without the openvino package: --backend openvino fails in one line, the default falls back."""
     write_avi(tmp_path / "data" / "v.avi", synthetic_echo(34, seed=5))
-    args = ["cmr", str(tmp_path / "data"), "--view", "A4C", "--tasks", "scar", "--repository", str(repository)]
+    args = ["cmr", str(tmp_path / "data"), "--view", "A4C", "--task", "scar", "--repository", str(repository)]
     chosen = subprocess.run([sys.executable, "-c", BLOCK_OPENVINO, *args, "--backend", "openvino", "--out",
                              str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
     assert chosen.returncode == 2

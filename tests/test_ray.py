@@ -20,12 +20,14 @@ from echodeploy.client.tritonserver import free_port
 from echodeploy.errors import EchodeployError
 from echodeploy.samples import synthetic_echo, synthetic_mmode, write_avi, write_mmode_dicom
 
+pytestmark = pytest.mark.ray
+
 try:
     ray = ray_engine.import_ray()
 except EchodeployError as missing:
     pytest.skip(str(missing), allow_module_level=True)
 
-CMR = ["--view", "A4C", "--tasks", "scar,t1", "--target-task", "scar"]
+CMR = ["--view", "A4C", "--task", "scar,t1", "--target-task", "scar"]
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,7 @@ def _same_table(a: Path, b: Path, numeric: list[str]) -> None:
     left, right = (pd.read_csv(p).drop(columns="decode_s", errors="ignore") for p in (a, b))
     assert left.drop(columns=numeric).equals(right.drop(columns=numeric))
     for column in numeric:
+        assert np.isfinite(left[column].to_numpy(float)).any(), f"{column}: NaN in every row, nothing compared"
         np.testing.assert_allclose(left[column], right[column], atol=1e-6, err_msg=column)
 
 
@@ -140,7 +143,7 @@ def _wait_for_records(journal: Path, count: int, process: subprocess.Popen) -> i
 def test_driver_killed_mid_run_resumes_on_the_other_engine(cluster, repository, tmp_path):
     manifest = video_manifest(tmp_path / "data", 8)
     out = tmp_path / "out"
-    args = ["cmr", str(manifest), "--out", str(out), "--view", "A4C", "--tasks", "scar", "--batch-size", "1",
+    args = ["cmr", str(manifest), "--out", str(out), "--view", "A4C", "--task", "scar", "--batch-size", "1",
             "--repository", str(repository)]
     process = subprocess.Popen([sys.executable, "-m", "echodeploy", *args, "--engine", "ray", "--ray-address",
                                 cluster], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -165,7 +168,7 @@ def test_actor_killed_mid_run_is_restarted_and_every_row_accounted(cluster, repo
     manifest = video_manifest(tmp_path / "data", 8)
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "echodeploy", "cmr", str(manifest), "--out", str(out), "--view", "A4C", "--tasks",
+        [sys.executable, "-m", "echodeploy", "cmr", str(manifest), "--out", str(out), "--view", "A4C", "--task",
          "scar", "--batch-size", "1", "--repository", str(repository), "--engine", "ray", "--ray-address", cluster],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     done_before = _wait_for_records(out / "records.jsonl", 1, process)
@@ -181,7 +184,7 @@ def test_actor_killed_mid_run_is_restarted_and_every_row_accounted(cluster, repo
 
 
 def test_triton_backend_through_ray(cluster, triton, cmr_data, tmp_path):
-    common = [str(cmr_data), "--view", "A4C", "--tasks", "scar", "--backend", "triton", "--url", triton.grpc_url]
+    common = [str(cmr_data), "--view", "A4C", "--task", "scar", "--backend", "triton", "--url", triton.grpc_url]
     local = run_cli("cmr", *common, "--out", str(tmp_path / "local"))
     on_ray = run_cli("cmr", *common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--ray-address", cluster)
     assert local.returncode == on_ray.returncode == 1, on_ray.stderr

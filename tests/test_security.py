@@ -54,7 +54,7 @@ def test_models_load_only_from_the_repository_given(repository, tmp_path, monkey
 def test_servers_bind_to_loopback_by_default():
     import inspect
 
-    from echodeploy.cli import serve
+    from echodeploy.cli.server import serve
     from echodeploy.client.tritonserver import TritonServer
 
     assert TritonServer(Path("repo")).host == "127.0.0.1"
@@ -82,7 +82,7 @@ def test_no_patient_identifiers_in_any_output(mmode_repository, tmp_path):
     malformed = write_dicom_cine(cine / "study1" / "malformed.dcm", synthetic_echo(34, height=64, width=80),
                                  patient={**IDENTIFIERS, "PatientWeight": "1234567890123456"})
     malformed.write_bytes(malformed.read_bytes().replace(b"1234567890123456", b"heavy-SECRET-kg!"))  # not a DS
-    result = run_cli("--verbose", "cmr", str(cine), "--out", str(tmp_path / "cmr_out"), "--view", "A4C", "--tasks", "scar",
+    result = run_cli("--verbose", "cmr", str(cine), "--out", str(tmp_path / "cmr_out"), "--view", "A4C", "--task", "scar",
                      "--workers", "0", "--repository", str(mmode_repository))
     assert result.returncode == 0, result.stderr  # both files read: identifying elements are never parsed
     assert _leaks(result.stdout + result.stderr) == [] and "-SECRET" not in result.stderr

@@ -4,10 +4,9 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import assert_outputs_close, run_cli
 
 from echodeploy.backends.onnxruntime import OnnxRuntimeBackend
 from echodeploy.client.runs.cmr import CmrOptions, CmrPipeline
@@ -46,7 +45,7 @@ def test_split_covers_every_row_once_and_added_rows_move_nothing(tmp_path):
 
 
 def test_merged_shards_equal_one_run_and_a_shard_rerun_resumes(manifest, repository, tmp_path):
-    common = ["--view", "A4C", "--tasks", "scar", "--batch-size", "2", "--workers", "0", "--repository", str(repository),
+    common = ["--view", "A4C", "--task", "scar", "--batch-size", "2", "--workers", "0", "--repository", str(repository),
               "--backend", "onnxruntime"]  # a named backend: `auto` would print what it measured first
     whole = run_cli("cmr", str(manifest), "--out", str(tmp_path / "whole"), *common)
     assert whole.returncode == 1, whole.stderr  # finished with row errors (short, gone)
@@ -62,7 +61,7 @@ def test_merged_shards_equal_one_run_and_a_shard_rerun_resumes(manifest, reposit
     assert merged.stdout.splitlines()[0] == whole.stdout.splitlines()[0]  # same "rows: ..." summary
     a, b = (pd.read_csv(tmp_path / d / "predictions.csv").drop(columns="decode_s") for d in ("whole", "merged"))
     assert a.drop(columns="scar_prob").equals(b.drop(columns="scar_prob"))
-    np.testing.assert_allclose(a["scar_prob"], b["scar_prob"], atol=1e-6)
+    assert_outputs_close(a, b, ["scar_prob"], atol=1e-6)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "whole" / "studies.csv"),
                                   pd.read_csv(tmp_path / "merged" / "studies.csv"), atol=1e-6)
     metrics = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("whole", "merged")]

@@ -230,7 +230,7 @@ def test_cmr_applies_a_study_model_and_still_resumes(repository, tmp_path):
         rows.append({"Study_Unique_ID": f"S{i // 2}", "Video_Unique_ID": f"v{i}", "TARGET": i // 2})
     pd.DataFrame(rows).to_csv(data / "m.csv", index=False)
     out = tmp_path / "out"
-    args = ("cmr", str(data / "m.csv"), "--out", str(out), "--view", "A4C", "--tasks", "scar",
+    args = ("cmr", str(data / "m.csv"), "--out", str(out), "--view", "A4C", "--task", "scar",
             "--repository", str(repository), "--study-model", str(path))
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr

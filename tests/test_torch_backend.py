@@ -10,13 +10,10 @@ from conftest import run_cli
 from echodeploy.backends.torch import TorchBackend, precision_agreement
 from echodeploy.errors import BackendError, RequestError
 from echodeploy.export.calibration import calibration_feeds
-from echodeploy.export.mmode import MASK_AGREEMENT
 from echodeploy.export.modules import checkpoint_loader, served_module
 from echodeploy.export.precision import comparable_feeds
 from echodeploy.samples import synthetic_echo, synthetic_mmode, write_avi, write_mmode_dicom
-from echodeploy.specs import MMODE_QUALITY, mmode_model
-
-PARITY = 1e-4
+from echodeploy.specs import MASK_PARITY, MMODE_QUALITY, PARITY_ATOL, mmode_model
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +28,7 @@ def echo_manifest(tmp_path_factory):
 
 def test_cmr_bulk_run_on_torch_equals_onnxruntime(echo_manifest, repository, tmp_path):
     """Same generated videos, the exported ONNX (seed 0) vs torch with the same seeded weights."""
-    common = ("cmr", str(echo_manifest), "--view", "A4C", "--tasks", "scar", "--batch-size", "2", "--workers", "0")
+    common = ("cmr", str(echo_manifest), "--view", "A4C", "--task", "scar", "--batch-size", "2", "--workers", "0")
     onnx = run_cli(*common, "--out", str(tmp_path / "onnx"), "--repository", str(repository), "--backend", "onnxruntime")
     assert onnx.returncode == 0, onnx.stderr
     torch_run = run_cli(*common, "--out", str(tmp_path / "torch"), "--backend", "torch", "--untrained")
@@ -39,7 +36,7 @@ def test_cmr_bulk_run_on_torch_equals_onnxruntime(echo_manifest, repository, tmp
     a, b = (pd.read_csv(tmp_path / name / "predictions.csv") for name in ("onnx", "torch"))
     assert (a["status"] == "ok").all() and (b["status"] == "ok").all() and b["untrained"].all()
     assert np.ptp(a["scar_prob"]) > 1e-4  # the outputs follow the clip: equality means something
-    assert np.abs(a["scar_prob"] - b["scar_prob"]).max() <= PARITY
+    assert np.abs(a["scar_prob"] - b["scar_prob"]).max() <= PARITY_ATOL
 
 
 def test_mmode_bulk_run_on_torch_equals_onnxruntime(mmode_repository, tmp_path):
@@ -55,7 +52,7 @@ def test_mmode_bulk_run_on_torch_equals_onnxruntime(mmode_repository, tmp_path):
     assert list(a["status"]) == list(b["status"]) == ["ok"]
     numbers = [c for c in a.columns if a[c].dtype.kind in "fi"]
     assert "lvid_d_median_mm" in numbers and "good_windows" in numbers
-    np.testing.assert_allclose(b[numbers].to_numpy(float), a[numbers].to_numpy(float), atol=PARITY)
+    np.testing.assert_allclose(b[numbers].to_numpy(float), a[numbers].to_numpy(float), atol=PARITY_ATOL)
 
 
 def test_both_mmode_models_match_onnxruntime_at_the_output(mmode_repository):
@@ -70,9 +67,9 @@ def test_both_mmode_models_match_onnxruntime_at_the_output(mmode_repository):
         feeds = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
         got, want = (b.infer(name, feeds, [output])[output] for b in (torch_backend, onnx))
         if name == "mmode_lvid":
-            assert got.shape == (2, 256, 256) and ((got > 0.5) == (want > 0.5)).mean() >= MASK_AGREEMENT
+            assert got.shape == (2, 256, 256) and ((got > 0.5) == (want > 0.5)).mean() >= MASK_PARITY
         else:
-            assert np.abs(got - want).max() <= PARITY, name
+            assert np.abs(got - want).max() <= PARITY_ATOL, name
         assert torch_backend.model_info(name).metadata == onnx.model_info(name).metadata | {
             "echodeploy.exporter": f"torch-{torch.__version__}"}
 
@@ -103,9 +100,9 @@ def test_reduced_precision_reports_its_agreement_with_fp32():
 
 
 def test_torch_options_are_refused_where_they_do_not_apply(echo_manifest, repository, tmp_path):
-    base = ("cmr", str(echo_manifest), "--view", "A4C", "--tasks", "scar", "--out", str(tmp_path))
-    result = run_cli(*base, "--precision", "bf16", "--repository", str(repository))
-    assert result.returncode == 2 and "--precision: only with --backend torch" in result.stderr
+    base = ("cmr", str(echo_manifest), "--view", "A4C", "--task", "scar", "--out", str(tmp_path))
+    result = run_cli(*base, "--inference-precision", "bf16", "--repository", str(repository))
+    assert result.returncode == 2 and "--inference-precision: only with --backend torch" in result.stderr
     result = run_cli(*base, "--backend", "torch")
     assert result.returncode == 2 and "--weights-dir DIR, or --untrained" in result.stderr
     if not torch.cuda.is_available():

@@ -117,7 +117,7 @@ def test_cmr_cli_on_triton_equals_embedded(triton, repository, tmp_path):
     for i in range(5):
         write_avi(data / f"v{i}.avi", synthetic_echo(34 + i, seed=i))
     (data / "broken.avi").write_bytes(b"junk" * 10)
-    common = ["--view", "A4C", "--tasks", "scar,t1", "--batch-size", "3", "--repository", str(repository)]
+    common = ["--view", "A4C", "--task", "scar,t1", "--batch-size", "3", "--repository", str(repository)]
     # the Triton cpu target runs ONNX Runtime: compare it with the embedded ONNX Runtime
     embedded = run_cli("cmr", str(data), "--out", str(tmp_path / "e"), *common, "--backend", "onnxruntime")
     served = run_cli("cmr", str(data), "--out", str(tmp_path / "t"), *common, "--backend", "triton",
@@ -167,7 +167,7 @@ def test_serve_command_starts_and_stops_cleanly(repository, tmp_path):
 
 
 def test_tensorrt_missing_is_a_clear_error(triton, repository):
-    result = run_cli("export", "--untrained", "--views", "A4C", "--tasks", "scar", "--repository",
+    result = run_cli("export", "--untrained", "--view", "A4C", "--task", "scar", "--repository",
                      str(repository), "--target", "gpu", "--tensorrt")
     assert result.returncode == 2 and "TensorRT is not available here" in result.stderr
     assert parse_config((repository / "cmr_a4c_scar" / "config.pbtxt").read_text()).backend == "python"

@@ -12,9 +12,12 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
+pytestmark = pytest.mark.wheel
+
 # source folder -> installed package (setup.py)
-PACKAGES = {"echodeploy": "echodeploy", "export": "echodeploy/export", "client": "echodeploy/client",
-            "preprocessing": "echodeploy/preprocessing", "benchmarks": "echodeploy/benchmarks"}
+PACKAGES = {"echodeploy": "echodeploy", "export": "echodeploy/export", "backends": "echodeploy/backends",
+            "client": "echodeploy/client", "analysis": "echodeploy/analysis", "preprocessing": "echodeploy/preprocessing",
+            "benchmarks": "echodeploy/benchmarks"}
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +55,10 @@ def test_wheel_installed_in_a_fresh_venv_exports_and_runs_cmr(wheel, tmp_path):
 
     manifest = _run([str(python), "-c", "from pathlib import Path; from echodeploy.samples import write_demo_study; "
                      "print(write_demo_study(Path('data'), studies=2))"], tmp_path).stdout.strip()
-    _run([str(echodeploy), "export", "--untrained", "--views", "A4C", "--tasks", "scar", "--repository", "repo"],
+    _run([str(echodeploy), "export", "--untrained", "--view", "A4C", "--task", "scar", "--repository", "repo"],
          tmp_path)
     assert (tmp_path / "repo" / "cmr_a4c_scar" / "config.pbtxt").is_file()
-    result = _run([str(echodeploy), "cmr", manifest, "--view", "A4C", "--tasks", "scar", "--repository", "repo",
+    result = _run([str(echodeploy), "cmr", manifest, "--view", "A4C", "--task", "scar", "--repository", "repo",
                    "--out", "out"], tmp_path)
     assert result.returncode == 0, result.stderr
     predictions = pd.read_csv(tmp_path / "out" / "predictions.csv")

@@ -23,8 +23,8 @@ from echodeploy.client.runs.journal import write_atomic, write_csv_atomic
 from echodeploy.client.runs.runner import RunSummary, records_in_order, run_bulk
 from echodeploy.errors import EchodeployError, InputError, RequestError
 from echodeploy.preprocessing.clips import load_clips
-from echodeploy.preprocessing.video import ClipMode
-from echodeploy.specs import TASKS, VIEWS, ClipSpec, cmr_model, view_ensemble_name
+from echodeploy.preprocessing.video import CLIP_MODES, ClipMode
+from echodeploy.specs import CLIP, TASKS, VIEWS, ClipSpec, cmr_model, view_ensemble_name
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +37,18 @@ IDENTITY = ("checkpoint_sha256", "precision", "untrained", "random_seed")  # wha
 class CmrOptions:
     tasks: tuple[str, ...] = ("wma", "scar")
     clips: ClipMode = "first"
-    batch_size: int = 10
-    workers: int = 1
+    batch_size: int = 10  # clips per inference request, and nothing else
+    workers: int = 1  # decoding worker processes
+    read_ahead: int = 10  # rows decoded ahead of inference, beyond two per worker
     fps: float | None = None
     target_task: str | None = None
     study_model: Path | None = None  # checked and applied around the run by the wiring; recorded for shards
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.workers < 0:
-            raise EchodeployError("--batch-size must be >= 1 and --workers >= 0")
-        if self.clips not in ("first", "all"):
-            raise EchodeployError(f"--clips must be 'first' or 'all', got {self.clips!r}")
+        if self.batch_size < 1 or self.workers < 0 or self.read_ahead < 0:
+            raise EchodeployError("--batch-size must be >= 1, --workers and --read-ahead >= 0")
+        if self.clips not in CLIP_MODES:
+            raise EchodeployError(f"--clips must be {' or '.join(CLIP_MODES)}, got {self.clips!r}")
 
 
 def row_key(index: int, row: pd.Series) -> str:
@@ -143,6 +144,8 @@ class CmrInference:
     def __init__(self, pipeline: CmrPipeline, backend: Backend):
         self.pipeline = pipeline
         calls, self.untrained = prepare_models(backend, pipeline.views, pipeline.options.tasks)
+        self.learned = {"untrained": self.untrained,
+                        "view_models": view_model_ids(backend, pipeline.views, pipeline.options.tasks)}
         if self.untrained:
             log.warning("UNTRAINED MODELS (seeded random weights, not predictions): %s", ", ".join(self.untrained))
         self.batchers = {view: Batcher(_view_infer(backend, view_calls), pipeline.options.batch_size)
@@ -157,7 +160,7 @@ class CmrInference:
         record["clips"] = len(clips)
         record["untrained"] = any(cmr_model(view, t).name in self.untrained for t in self.pipeline.options.tasks)
         self.pending[record["key"]] = record
-        return [_finish(self.pending.pop(k), r) for k, r in self.batchers[view].add(record["key"], {"clip": clips})]
+        return [_finish(self.pending.pop(k), r) for k, r in self.batchers[view].add(record["key"], {CLIP: clips})]
 
     def flush(self) -> list[dict]:
         return [_finish(self.pending.pop(k), r) for batcher in self.batchers.values() for k, r in batcher.flush()]
@@ -173,22 +176,20 @@ class CmrPipeline:
         self.views = sorted({v for v in inputs["view"] if v in VIEWS})
         self.keys = [row_key(i, row) for i, row in inputs.iterrows()]
         self.paths = list(inputs["path"])
-        self.read_ahead = options.batch_size
-        self.untrained: list[str] = []
-        self.view_models: dict[str, dict] = {}
+        self.read_ahead = options.read_ahead
 
     def read_job(self, index: int):
         row = self.inputs.loc[index]
         return read_clips, (row["path"], row["path_error"], ClipSpec(), self.options.clips, self.options.fps)
 
     def open(self, backend: Backend) -> CmrInference:
-        inference = CmrInference(self, backend)
-        self.untrained = inference.untrained
-        self.view_models = view_model_ids(backend, self.views, self.options.tasks)
-        return inference
+        return CmrInference(self, backend)
 
-    def write_outputs(self, records: dict[str, dict], out_dir: Path) -> RunSummary:
-        return write_outputs(self, records, out_dir)
+    def finish(self, record: dict, out_dir: Path) -> dict:
+        return record
+
+    def write_outputs(self, records: dict[str, dict], out_dir: Path, learned: dict) -> RunSummary:
+        return write_outputs(self, records, out_dir, learned)
 
 
 def run_cmr(inputs: pd.DataFrame, backend: Backend, out_dir: Path, options: CmrOptions) -> RunSummary:
@@ -244,7 +245,7 @@ def evaluate(predictions: pd.DataFrame, studies: pd.DataFrame, task: str) -> dic
     return result
 
 
-def write_outputs(pipeline: CmrPipeline, records: dict[str, dict], out_dir: Path) -> RunSummary:
+def write_outputs(pipeline: CmrPipeline, records: dict[str, dict], out_dir: Path, learned: dict) -> RunSummary:
     options = pipeline.options
     predictions = predictions_table(pipeline, records)
     studies = studies_table(predictions, options.tasks)
@@ -258,9 +259,9 @@ def write_outputs(pipeline: CmrPipeline, records: dict[str, dict], out_dir: Path
             log.warning("TARGET present but several tasks ran: pass --target-task to evaluate")
         else:
             metrics = evaluate(predictions, studies, target_task)
-            metrics["untrained"] = bool(pipeline.untrained)
+            metrics["untrained"] = bool(learned["untrained"])
             written.append(out_dir / "metrics.json")
             write_atomic(written[-1], lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
-    write_view_models(out_dir, pipeline.view_models)
+    write_view_models(out_dir, learned["view_models"])
     return RunSummary(out_dir=out_dir, counted="rows", counts=predictions["status"].value_counts().to_dict(),
-                      written=written, untrained=pipeline.untrained, metrics=metrics, options=options)
+                      written=written, untrained=learned["untrained"], metrics=metrics, options=options)

@@ -2,8 +2,9 @@
 
 Per file: read and stitch the trace (worker processes), segment all its windows, build
 the LVID profile, classify quality windows sized by body mass and centred on the LV, and
-report only beats in good windows. Windows of many files share backend batches, and each
-finished file goes to the journal at once, so an interrupted run resumes.
+report only beats in good windows. Windows of many files share backend batches; once a file's
+inference is done its figures are drawn and it goes to the journal at once, so an interrupted
+run resumes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -38,28 +39,42 @@ from echodeploy.preprocessing.mmode import (
     segmentation_windows,
     stitch_profiles,
 )
-from echodeploy.specs import MMODE_LVID, MMODE_QUALITY, mmode_model
+from echodeploy.specs import (
+    LVID_PROFILE,
+    MMODE_LVID,
+    MMODE_QUALITY,
+    MMODE_WINDOW,
+    PROFILE_WEIGHTS,
+    QUALITY_PROB,
+    WINDOW,
+    mmode_model,
+)
 
 log = logging.getLogger(__name__)
 
 
+WriteMode = Literal["stats", "all"]  # a row per file, or a row per beat
+WRITE_MODES: tuple[str, ...] = get_args(WriteMode)
+
+
 @dataclass(frozen=True, kw_only=True)
 class MModeOptions:
-    write: Literal["all", "stats"] = "stats"
+    write: WriteMode = "stats"
     figures: bool = True
-    batch_size: int = 8
-    workers: int = 0
+    batch_size: int = 8  # windows per inference request, and nothing else
+    workers: int = 0  # reader processes
+    read_ahead: int = 2  # files read ahead of inference, beyond two per worker
     max_bpm: float = DEFAULT_MAX_BPM
     bn_mode: str = "seed"
     all_beats: bool = False  # --write all: every detected beat, low-quality events too
 
     def __post_init__(self):
-        if self.write not in ("all", "stats"):
-            raise EchodeployError(f"--write must be 'all' or 'stats', got {self.write!r}")
+        if self.write not in WRITE_MODES:
+            raise EchodeployError(f"--write must be {' or '.join(WRITE_MODES)}, got {self.write!r}")
         if self.all_beats and self.write != "all":
             raise EchodeployError("--all-beats applies to the per-beat table: add --write all")
-        if self.batch_size < 1 or self.workers < 0 or self.max_bpm <= 0:
-            raise EchodeployError("--batch-size must be >= 1, --workers >= 0, --max-bpm > 0")
+        if self.batch_size < 1 or self.workers < 0 or self.read_ahead < 0 or self.max_bpm <= 0:
+            raise EchodeployError("--batch-size must be >= 1, --workers and --read-ahead >= 0, --max-bpm > 0")
 
 
 def read_mmode_inputs(source: Path, mass_g: float | None = None, mass_csv: Path | None = None) -> pd.DataFrame:
@@ -114,6 +129,7 @@ class MModeInference:
         if untrained:
             log.warning("UNTRAINED M-MODE MODELS (seeded random weights): features are not measurements")
         self.untrained = untrained
+        self.learned = {"untrained": untrained}
         self.defaults = {"untrained": untrained, "stats": {}, "beats": []}
         self.segment = Batcher(lambda feeds: backend.infer(MMODE_LVID, feeds), self.options.batch_size)
         self.classify = Batcher(lambda feeds: backend.infer(MMODE_QUALITY, feeds), self.options.batch_size)
@@ -124,9 +140,9 @@ class MModeInference:
         height = payload["trace"].shape[0]
         self.files[record["key"]] = {**payload, "record": record, "mass_g": inputs.at[index, "mass_g"],
                                      "file": inputs.at[index, "file"]}
-        weights = np.broadcast_to(profile_weights(height), (len(payload["windows"]), 2, 256))
-        return self._segmented(self.segment.add(record["key"], {"window": payload.pop("windows"),
-                                                                "profile_weights": np.ascontiguousarray(weights)}))
+        weights = np.broadcast_to(profile_weights(height), (len(payload["windows"]), 2, MMODE_WINDOW))
+        return self._segmented(self.segment.add(record["key"], {WINDOW: payload.pop("windows"),
+                                                                PROFILE_WEIGHTS: np.ascontiguousarray(weights)}))
 
     def flush(self) -> list[dict]:
         finished = self._segmented(self.segment.flush())
@@ -147,56 +163,63 @@ class MModeInference:
         for key, result in succeeded:
             state = self.files[key]
             height, length = state["trace"].shape
-            counts, row_sums = stitch_profiles(result["lvid_profile"], height, length)
+            counts, row_sums = stitch_profiles(result[LVID_PROFILE], height, length)
             state.update(counts=counts, row_sums=row_sums)
             crop = quality_crop(height, state["mass_g"])
             windows, state["spans"] = quality_windows(state["trace"], counts, row_sums, crop)
-            records += self._classified(self.classify.add(key, {"window": windows}))
+            records += self._classified(self.classify.add(key, {WINDOW: windows}))
         return records
 
     def _classified(self, done) -> list[dict]:
         records, succeeded = self._succeeded(done)
         for key, result in succeeded:
-            records.append(_features(self.files.pop(key), result["quality_prob"][:, 0], self.pipeline.out_dir,
-                                     self.options, self.untrained))
+            records.append(_features(self.files.pop(key), result[QUALITY_PROB][:, 0], self.options, self.untrained))
         return records
 
 
 class MModePipeline:
     """M-mode phenotyping over DICOM files: traces in, per-beat features, statistics and figures out."""
 
-    name, unit, counted, read_ahead = "mmode", "file", "files", 2
+    name, unit, counted = "mmode", "file", "files"
 
-    def __init__(self, inputs: pd.DataFrame, options: MModeOptions, out_dir: Path):
-        self.inputs, self.options, self.out_dir = inputs, options, Path(out_dir)
+    def __init__(self, inputs: pd.DataFrame, options: MModeOptions):
+        self.inputs, self.options = inputs, options
         self.keys = [f"{i}|{p}" for i, p in enumerate(inputs["path"])]
         self.paths = list(inputs["path"])
-        self.untrained = False
+        self.read_ahead = options.read_ahead
 
     def read_job(self, index: int):
         return read_windows, (self.inputs.at[index, "path"], self.inputs.at[index, "mass_g"])
 
     def open(self, backend: Backend) -> MModeInference:
-        inference = MModeInference(self, backend)
-        self.untrained = inference.untrained
-        return inference
+        return MModeInference(self, backend)
 
-    def write_outputs(self, records: dict[str, dict], out_dir: Path) -> RunSummary:
+    def finish(self, record: dict, out_dir: Path) -> dict:
+        """Draw the file's figures (what inference left in `figure`), which the journal does not keep."""
+        figure = record.pop("figure", None)
+        if figure is not None:
+            from echodeploy.client.results.mmode_figures import draw_figures
+
+            draw_figures(Path(out_dir) / "figures", **figure)
+        return record
+
+    def write_outputs(self, records: dict[str, dict], out_dir: Path, learned: dict) -> RunSummary:
         written = write_features(self, records, out_dir)
         if self.options.figures:
             written.append(out_dir / "figures")
         counts = pd.Series([r.get("status") for r in records_in_order(self, records)]).value_counts().to_dict()
         return RunSummary(out_dir=out_dir, counted="files", counts=counts, written=written,
-                          untrained=[MMODE_LVID, MMODE_QUALITY] if self.untrained else [], options=self.options)
+                          untrained=[MMODE_LVID, MMODE_QUALITY] if learned.get("untrained") else [], options=self.options)
 
 
 def run_mmode(inputs: pd.DataFrame, backend: Backend, out_dir: Path, options: MModeOptions) -> RunSummary:
     """Phenotype every file of `inputs` on `backend` into `out_dir` (resuming what is there)."""
-    return run_bulk(MModePipeline(inputs, options, out_dir), backend, out_dir, options.workers)
+    return run_bulk(MModePipeline(inputs, options), backend, out_dir, options.workers)
 
 
-def _features(state: dict, probabilities: np.ndarray, out_dir: Path, options: MModeOptions, untrained: bool) -> dict:
-    """Beats and statistics of one file from its LVID profile and quality windows; figures."""
+def _features(state: dict, probabilities: np.ndarray, options: MModeOptions, untrained: bool) -> dict:
+    """Beats and statistics of one file from its LVID profile and quality windows; with figures on,
+    what they are drawn from (`figure`, drawn by `MModePipeline.finish`)."""
     record = state["record"]
     counts, row_sums, spans = state["counts"], state["row_sums"], state["spans"]
     quality = window_columns(len(counts), spans, probabilities)
@@ -208,12 +231,11 @@ def _features(state: dict, probabilities: np.ndarray, out_dir: Path, options: MM
                        "duration_s": round(len(counts) * state["seconds_per_px"], 4), **beat_stats(beats)}
     record["beats"] = every_beat.to_dict("records")  # the journal keeps every beat; writing picks
     if options.figures:
-        from echodeploy.client.results.mmode_figures import draw_figures
-
-        mean_rows = np.divide(row_sums, counts, out=np.zeros_like(row_sums), where=counts > 0)
-        stem = Path(state["file"]).with_suffix("").as_posix().replace("/", "__")
-        draw_figures(out_dir / "figures", stem, state["trace"], state["seconds_per_px"], state["mm_per_px"],
-                     counts, mean_rows, spans, probabilities, good, beats, untrained)
+        record["figure"] = {
+            "stem": Path(state["file"]).with_suffix("").as_posix().replace("/", "__"), "trace": state["trace"],
+            "seconds_per_px": state["seconds_per_px"], "mm_per_px": state["mm_per_px"], "counts": counts,
+            "mean_rows": np.divide(row_sums, counts, out=np.zeros_like(row_sums), where=counts > 0),
+            "spans": spans, "probabilities": probabilities, "good": good, "beats": beats, "untrained": untrained}
     return record
 
 

@@ -43,10 +43,11 @@ class RayOptions:
     address: str | None = None  # an existing cluster ("auto", "HOST:PORT"); None: a local instance on loopback
     workers: int = 1  # decode tasks at once
     actors: int = 1  # inference actors, one backend each
+    block_rows: int = 10  # rows per decode task and per actor call
 
     def __post_init__(self):
-        if self.workers < 1 or self.actors < 1:
-            raise EchodeployError("--engine ray needs --workers >= 1 and --actors >= 1")
+        if self.workers < 1 or self.actors < 1 or self.block_rows < 1:
+            raise EchodeployError("--engine ray needs --workers, --actors and --ray-block-rows >= 1")
 
 
 def import_ray():
@@ -121,7 +122,7 @@ def _stream(pipeline, make_backend, todo, prints, finish, options: RayOptions) -
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours is the run's progress bar
         context.execution_options.preserve_order = False  # the outputs are written in input order anyway
-        rows = max(1, pipeline.read_ahead)  # rows per decode task and per actor call
+        rows = options.block_rows
         items = [{"index": i, "key": pipeline.keys[i], "fingerprint": prints[i],
                   "job": pickle.dumps(pipeline.read_job(i))} for i in todo]
         dataset = (

@@ -1,9 +1,11 @@
 """One bulk run for every pipeline: journal, resume, decoding ahead of inference, progress,
 outputs in input order, and the summary that sets the exit code.
 
-A pipeline says only how to read one input row (`Pipeline.read_job`) and what to do with what
-was read (`Pipeline.open` returns its `Inference`); the runner does the rest, so both pipelines
-behave alike and every engine (this process, Ray, shards) runs them the same way.
+A pipeline says only how to read one input row (`Pipeline.read_job`), what to do with what
+was read (`Pipeline.open` returns its `Inference`, which carries what opening the models taught
+it) and what follows inference on a finished row (`Pipeline.finish`: M-mode figures); the runner
+does the rest, so both pipelines behave alike and every engine (this process, Ray, shards) runs
+them the same way.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from tqdm import tqdm
 from echodeploy.backends.base import Backend
 from echodeploy.client.decoding import decode_executor, guarded_read, ordered_results
 from echodeploy.client.runs.journal import Journal, fingerprint
+from echodeploy.errors import EXIT_ITEM_ERRORS, EXIT_OK
 
 log = logging.getLogger(__name__)
 
 JOURNAL = "records.jsonl"
-EXIT_OK, EXIT_ITEM_ERRORS = 0, 1
 PENDING = {"status": "pending", "error": "not processed yet (interrupted)"}
 
 
@@ -54,6 +56,7 @@ class Inference(Protocol):
     """A pipeline's inference on one backend: rows go in as they are read, finished records come out."""
 
     defaults: dict  # fields every record of this run starts with
+    learned: dict  # what opening the models told the run (untrained models, ...): JSON, for write_outputs
 
     def add(self, index: int, record: dict, payload) -> list[dict]:
         """Queue row `index` (read as `payload`); return the records finished so far (any rows)."""
@@ -77,10 +80,14 @@ class Pipeline(Protocol):
         """A module-level reader and its arguments: reader(*args) -> (payload, notes)."""
 
     def open(self, backend: Backend) -> Inference:
-        """Check the backend's models and return the inference state for this run."""
+        """Check the backend's models and return the inference state for this run (the pipeline is not changed)."""
 
-    def write_outputs(self, records: dict[str, dict], out_dir: Path) -> RunSummary:
-        """Write the result tables from the journal's records (rows without one are pending)."""
+    def finish(self, record: dict, out_dir: Path) -> dict:
+        """What follows inference on a finished row (M-mode: its figures); returns the record the journal keeps."""
+
+    def write_outputs(self, records: dict[str, dict], out_dir: Path, learned: dict) -> RunSummary:
+        """Write the result tables from the journal's records (rows without one are pending) and what
+        opening the models taught the run (`Inference.learned`)."""
 
 
 def records_in_order(pipeline: Pipeline, records: dict[str, dict]) -> list[dict]:
@@ -119,12 +126,12 @@ def run_journaled(pipeline: Pipeline, backend: Backend, out_dir: Path, process: 
             with tqdm(total=total, initial=total - len(todo), unit=pipeline.unit, desc=pipeline.name,
                       dynamic_ncols=True) as progress:
                 def finish(records: list[dict]) -> None:
-                    journal.append(records)
+                    journal.append([pipeline.finish(record, out_dir) for record in records])
                     progress.update(len(records))
 
                 process(todo, prints, inference, finish)
         finally:
-            summary = pipeline.write_outputs(journal.records, out_dir)
+            summary = pipeline.write_outputs(journal.records, out_dir, inference.learned)
     return summary
 
 

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 SHARD_FILE, INPUTS_FILE = "shard.json", "inputs.json"
 NAME_COLUMNS = ("file", "filename", "FileName", VIDEO, "path")  # a row's name: the first of these it has
-IGNORED_OPTIONS = ("workers",)  # how fast a shard ran, not what it computed
+IGNORED_OPTIONS = ("workers", "read_ahead")  # how fast a shard ran, not what it computed
 IGNORED_METADATA = ("echodeploy.agreement",)  # a long report, already covered by the weights' sha256
 
 
@@ -113,9 +113,7 @@ def run_shard(pipeline: Pipeline, shard: Shard, backend: Backend, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     part = shard_pipeline(pipeline, shard)
     recorder = ModelRecorder(backend)
-    before = dict(vars(part))
-    part.open(recorder)  # checks the models and notes what they are
-    learned = {name: value for name, value in vars(part).items() if before.get(name) is not value}
+    learned = part.open(recorder).learned  # checks the models and notes what they are
     record = {"pipeline": pipeline.name, "shard": [shard.index, shard.count], "rows": len(part.keys),
               "options": _options(pipeline), "models": recorder.models, "learned": learned}
     previous = out_dir / SHARD_FILE
@@ -146,7 +144,7 @@ def merge_shards(folders: list[Path], out_dir: Path) -> RunSummary:
     for folder, shard in zip(folders[1:], shards[1:]):
         _check_same(folders[0], shards[0], folder, shard)
     inputs = _read_inputs(folders[0] / INPUTS_FILE, shards[0]["inputs_sha256"])
-    pipeline = _rebuild(shards[0], inputs, out_dir)
+    pipeline = _rebuild(shards[0], inputs)
     records: dict[str, dict] = {}
     for folder in folders:
         with Journal(folder / JOURNAL) as journal:
@@ -157,7 +155,7 @@ def merge_shards(folders: list[Path], out_dir: Path) -> RunSummary:
     (out_dir / JOURNAL).unlink(missing_ok=True)
     with Journal(out_dir / JOURNAL) as journal:  # the merged folder resumes like an unsharded run's
         journal.append([records[key] for key in pipeline.keys if key in records])
-        return pipeline.write_outputs(journal.records, out_dir)
+        return pipeline.write_outputs(journal.records, out_dir, shards[0]["learned"])
 
 
 def _options(pipeline: Pipeline) -> dict:
@@ -262,8 +260,8 @@ def _read_inputs(path: Path, sha256: str) -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series(values, dtype=object).astype(dtype) for name, dtype, values in columns})
 
 
-def _rebuild(record: dict, inputs: pd.DataFrame, out_dir: Path) -> Pipeline:
-    """The whole run's pipeline, as the shards ran it, writing into `out_dir`."""
+def _rebuild(record: dict, inputs: pd.DataFrame) -> Pipeline:
+    """The whole run's pipeline, as the shards ran it."""
     kinds = {"cmr": CmrOptions, "mmode": MModeOptions}
     if record["pipeline"] not in kinds:
         raise EchodeployError(f"unknown pipeline {record['pipeline']!r} in a shard record")
@@ -271,6 +269,4 @@ def _rebuild(record: dict, inputs: pd.DataFrame, out_dir: Path) -> Pipeline:
     options = kinds[record["pipeline"]](**{
         k: tuple(v) if isinstance(v, list) else Path(v) if k in paths and v is not None else v
         for k, v in record["options"].items()})
-    pipeline = CmrPipeline(inputs, options) if record["pipeline"] == "cmr" else MModePipeline(inputs, options, out_dir)
-    vars(pipeline).update(record["learned"])  # what opening the models taught it (untrained models, ...)
-    return pipeline
+    return CmrPipeline(inputs, options) if record["pipeline"] == "cmr" else MModePipeline(inputs, options)

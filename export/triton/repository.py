@@ -23,11 +23,10 @@ from tritonclient.grpc import model_config_pb2
 
 from echodeploy.errors import ExportError
 from echodeploy.export.onnx_export import read_metadata
-from echodeploy.repository import MODEL_FILENAME, VERSION
+from echodeploy.repository import MODEL_FILENAME, TRITON_TARGETS, VERSION
 from echodeploy.specs import ModelSpec, cmr_model, mmode_model, view_ensemble_name
 
 Target = Literal["cpu", "gpu", "openvino", "gpu-torch"]
-TARGETS = ("cpu", "gpu", "openvino", "gpu-torch")
 ADAPTER = Path(__file__).with_name("onnx_model.py")
 TORCH_ADAPTER = Path(__file__).with_name("torch_model.py")
 NETWORKS = "echodeploy_networks"  # the torch-only modules the gpu-torch adapter imports
@@ -183,8 +182,8 @@ def write_triton_repository(repository: Path, target: Target, max_batch_size: in
     seed of untrained models) and checked against the ONNX file's metadata.
     """
     repository = Path(repository)
-    if target not in TARGETS:
-        raise ExportError(f"unknown Triton target {target!r}; known: {', '.join(TARGETS)}")
+    if target not in TRITON_TARGETS:
+        raise ExportError(f"unknown Triton target {target!r}; known: {', '.join(TRITON_TARGETS)}")
     models = exported_models(repository)
     if not models:
         raise ExportError(f"{repository}: no exported models; run `echodeploy export` first")
