@@ -45,6 +45,7 @@ def test_compare_columns_joins_on_the_key():
     assert report["rows"] == 2 and report["hr"]["max_abs_change"] == 10.0
 
 
+@pytest.mark.slow
 def test_untrained_networks_respond_to_their_input(repository):
     """BatchNorm re-estimated on echo-like clips: outputs differ between clips, and torch and
     the exported ONNX file (same seed) agree."""
@@ -57,6 +58,7 @@ def test_untrained_networks_respond_to_their_input(repository):
     assert np.ptp(onnx_out["scar_prob"]) > 1e-3
 
 
+@pytest.mark.slow
 def test_identity_profile_weights_return_the_mask():
     spec = mmode_model(MMODE_LVID)
     module = mmode_network(spec, None, 0)
@@ -75,6 +77,7 @@ def test_measure_reports_percentiles_and_stability():
     assert point["p50_ms"] <= point["p90_ms"] <= point["p99_ms"]
 
 
+@pytest.mark.slow
 def test_export_int8_stores_and_prints_agreement(tmp_path):
     result = run_cli("export", "--untrained", "--view", "A4C", "--task", "scar", "--precision", "int8",
                      "-r", str(tmp_path))

@@ -39,6 +39,7 @@ def dataset(tmp_path_factory):
     return manifest
 
 
+@pytest.mark.slow
 def test_bulk_run_accounts_for_every_row(dataset, repository, tmp_path):
     out = tmp_path / "out"
     result = run_cli("cmr", str(dataset), "--out", str(out), "--view", "A4C", "--task", "scar,t1",
@@ -67,6 +68,7 @@ def test_bulk_run_accounts_for_every_row(dataset, repository, tmp_path):
         assert "Doe" not in text and "MRN-12345" not in text
 
 
+@pytest.mark.slow
 def test_batching_does_not_change_results(dataset, repository, tmp_path):
     tables = []
     for batch, workers in (("1", "0"), ("4", "2")):
@@ -79,6 +81,7 @@ def test_batching_does_not_change_results(dataset, repository, tmp_path):
     assert_outputs_close(tables[0], tables[1], ["scar_prob"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_folder_input_and_all_clips(repository, tmp_path):
     folder = tmp_path / "study_A"
     write_avi(folder / "one.avi", synthetic_echo(34, seed=1))
@@ -91,6 +94,7 @@ def test_folder_input_and_all_clips(repository, tmp_path):
     assert table["clips"].tolist() == [3, 9]  # every start position: frames - 32 + 1
 
 
+@pytest.mark.slow
 def test_clear_errors_for_bad_arguments(dataset, repository, tmp_path):
     result = run_cli("cmr", str(dataset), "--out", str(tmp_path), "--repository", str(repository))
     assert result.returncode == 2 and "no view column" in result.stderr
@@ -103,6 +107,7 @@ def test_clear_errors_for_bad_arguments(dataset, repository, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_resume_after_kill_loses_and_duplicates_nothing(repository, tmp_path):
     manifest = video_manifest(tmp_path / "data", 8)
     names = pd.read_csv(manifest)["Video_Unique_ID"].tolist()
@@ -127,6 +132,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(repository, tmp_path):
     assert table["Video_Unique_ID"].tolist() == names and (table.status == "ok").all()
 
 
+@pytest.mark.slow
 def test_changed_input_is_recomputed(repository, tmp_path):
     data = tmp_path / "d"
     write_avi(data / "a.avi", synthetic_echo(34, seed=1))

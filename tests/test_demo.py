@@ -1,9 +1,11 @@
 """`echodeploy demo`, the README's first command, end to end on its embedded default."""
 
 import pandas as pd
+import pytest
 from conftest import run_cli
 
 
+@pytest.mark.slow
 def test_demo_runs_both_pipelines(tmp_path):
     out, repository = tmp_path / "demo", tmp_path / "repository"
     result = run_cli("demo", "--out", str(out), "--repository", str(repository))

@@ -60,6 +60,7 @@ def test_every_registered_model_matches_an_exported_graph(mmode_repository):
 
 
 @pytest.mark.parametrize("task", EXPORTED_TASKS)
+@pytest.mark.slow
 def test_exported_model_contract(repository, task):
     spec = cmr_model("A4C", task)
     path = model_file(repository, spec.name)
@@ -85,6 +86,7 @@ def test_exported_model_contract(repository, task):
             assert ((out > 0) & (out < 1)).all()
 
 
+@pytest.mark.slow
 def test_unchanged_export_is_skipped_and_changed_seed_re_exports(repository, tmp_path):
     (result,) = export_cmr_models(repository, views=("A4C",), tasks=("scar",), seed=0)
     assert result.report is None
@@ -92,6 +94,7 @@ def test_unchanged_export_is_skipped_and_changed_seed_re_exports(repository, tmp
     assert result.report is not None and max(result.report.max_abs_diff.values()) <= 1e-4
 
 
+@pytest.mark.slow
 def test_validation_fails_loudly_on_a_parity_mismatch(repository):
     spec = cmr_model("A4C", "scar")
     other = ServedClipModel(seeded_network(spec, seed=123), spec.kind)

@@ -144,6 +144,7 @@ def _ignore_sigxfsz_and_limit_files(size: int):
     return limit
 
 
+@pytest.mark.slow
 def test_full_disk_stops_cleanly_and_keeps_finished_rows(repository, manifest, tmp_path):
     out = tmp_path / "out"
     first_two = tmp_path / "first_two.csv"

@@ -16,6 +16,8 @@ from echodeploy.export.triton.repository import NETWORK_SOURCES, NETWORKS, parse
 from echodeploy.repository import model_file
 from echodeploy.specs import MASK_PARITY, MMODE_WINDOW, cmr_model, mmode_model
 
+pytestmark = pytest.mark.slow  # each test writes a gpu-torch repository (torch weights per model)
+
 MODELS = ("cmr_a4c_scar", "mmode_quality", "mmode_lvid")
 
 

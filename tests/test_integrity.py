@@ -57,6 +57,7 @@ def _journal(out):
     return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_csv_matches_the_journal_after_a_torn_write_and_resume(run):
     data, out, cmr = run
     assert cmr().returncode == 1  # bad.avi is unreadable
@@ -76,6 +77,7 @@ def test_csv_matches_the_journal_after_a_torn_write_and_resume(run):
             np.testing.assert_allclose(row[name], record["outputs"].get(name, np.nan), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_resume_recomputes_changed_inputs_only(run):
     data, out, cmr = run
     cmr()

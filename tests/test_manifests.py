@@ -26,6 +26,7 @@ def cmr(manifest, out, repository, *extra):
                    "--workers", "0", "--repository", str(repository), *extra)
 
 
+@pytest.mark.slow
 def test_every_row_gets_a_status_and_a_reason(data, repository, tmp_path):
     root, outside = data
     rows = [  # filename, TARGET

@@ -202,6 +202,7 @@ def test_checkpoint_formats(tmp_path):
         load_cardionet(tmp_path / "quicknat.pt", "seed")
 
 
+@pytest.mark.slow
 def test_seed_bn_mode_is_per_window_whatever_the_batch():
     torch.manual_seed(0)
     net = QuickNAT("seed").eval()
@@ -213,6 +214,7 @@ def test_seed_bn_mode_is_per_window_whatever_the_batch():
 
 
 @pytest.mark.parametrize("bn_mode", ["seed", "running"])
+@pytest.mark.slow
 def test_onnx_export_parity_both_nets(tmp_path, bn_mode):
     from echodeploy.export.mmode import export_mmode_models
 
@@ -224,6 +226,7 @@ def test_onnx_export_parity_both_nets(tmp_path, bn_mode):
     assert "model.onnx" in meta
 
 
+@pytest.mark.slow
 def test_mmode_cli_end_to_end(mmode_repository, tmp_path):
     data = tmp_path / "study"
     for i, bpm in enumerate((450, 520)):

@@ -125,6 +125,7 @@ def test_a_static_edge_row_that_breaks_the_overlap_is_trimmed(trace, tmp_path):
                                       "(top 1, bottom 0, left 0, right 0)")
 
 
+@pytest.mark.slow
 def test_bulk_run_gives_no_overlap_files_their_status(mmode_repository, tmp_path):
     data = tmp_path / "study"
     short = synthetic_mmode(length=1200, height=64, seed=4)[0]

@@ -41,6 +41,7 @@ def engines(mmode_repository):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+@pytest.mark.slow
 def test_openvino_matches_onnxruntime(engines, spec):
     """fp32 parity on two batch sizes; the segmentation model is compared on its mask (identity weights)."""
     reference, openvino = engines
@@ -58,6 +59,7 @@ def test_openvino_matches_onnxruntime(engines, spec):
             np.testing.assert_allclose(got, expected, atol=1e-3 if spec.name == MMODE_QUALITY else 1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_batches_split_over_streams_equal_one_request(mmode_repository):
     """The throughput hint's streams each run part of a batch; joined, they equal one latency request."""
     spec = cmr_model("A4C", "scar")
@@ -83,6 +85,7 @@ def test_hint_benchmark_prints_both_hints(mmode_repository):
     assert float(line.rsplit(" ", 1)[1].rstrip("x")) > 0
 
 
+@pytest.mark.slow
 def test_bulk_runs_through_openvino_equal_onnxruntime(engines, tmp_path):
     for i in range(3):
         write_avi(tmp_path / "echo" / f"v{i}.avi", synthetic_echo(34, seed=i))
@@ -143,6 +146,7 @@ def _perturbed_copy(repository, repo, name):
     onnx.save(model, str(model_file(repo, name)))
 
 
+@pytest.mark.slow
 def test_default_backend_is_the_fastest_that_matches(repository, tmp_path):
     spec = cmr_model("A4C", "scar")
     choice = choose_embedded({"onnxruntime": OnnxRuntimeBackend(repository),
@@ -160,6 +164,7 @@ def test_default_backend_is_the_fastest_that_matches(repository, tmp_path):
     assert choice.refused["openvino"] in choice.line
 
 
+@pytest.mark.slow
 def test_cli_names_the_backend_on_the_first_line(repository, tmp_path):
     write_avi(tmp_path / "data" / "v.avi", synthetic_echo(34, seed=5))
     result = run_cli("cmr", str(tmp_path / "data"), "--view", "A4C", "--task", "scar", "--out",
@@ -177,6 +182,7 @@ def test_cli_names_the_backend_on_the_first_line(repository, tmp_path):
 BLOCK_OPENVINO = "import sys; sys.modules['openvino'] = None; from echodeploy.cli import app; app(sys.argv[1:])"
 
 
+@pytest.mark.slow
 def test_missing_extra_is_one_clear_line(repository, tmp_path):
     """Without the openvino package: --backend openvino fails in one line, the default falls back."""
     write_avi(tmp_path / "data" / "v.avi", synthetic_echo(34, seed=5))

@@ -229,6 +229,7 @@ def test_beat_table_carries_event_quality():
     assert (default.loc[default["lvid_d_quality_flag"] == "low", "lvid_d_mm"].isna()).all()
 
 
+@pytest.mark.slow
 def test_mmode_to_pheno_end_to_end(mmode_repository, tmp_path):
     data = tmp_path / "study"
     for i in range(4):

@@ -74,6 +74,7 @@ def _all_output(folder: Path) -> str:
     return "".join(p.read_bytes().decode("latin-1") for p in folder.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_no_patient_identifiers_in_any_output(mmode_repository, tmp_path):
     cine = tmp_path / "cine"
     write_dicom_cine(cine / "study1" / "echo.dcm", synthetic_echo(34, height=64, width=80), encoding="rle",

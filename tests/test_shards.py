@@ -44,6 +44,7 @@ def test_split_covers_every_row_once_and_added_rows_move_nothing(tmp_path):
     assert {name: after[name] for name in before} == before  # rows added in front: no finished row moves
 
 
+@pytest.mark.slow
 def test_merged_shards_equal_one_run_and_a_shard_rerun_resumes(manifest, repository, tmp_path):
     common = ["--view", "A4C", "--task", "scar", "--batch-size", "2", "--workers", "0", "--repository", str(repository),
               "--backend", "onnxruntime"]  # a named backend: `auto` would print what it measured first

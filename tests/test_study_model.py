@@ -212,6 +212,7 @@ def test_bad_runs_get_one_clear_line(tmp_path, change, message):
     assert not (tmp_path / "m.json").exists()
 
 
+@pytest.mark.slow
 def test_cmr_applies_a_study_model_and_still_resumes(repository, tmp_path):
     """Real videos and models: `cmr --study-model` scores each study from its videos' outputs, a rerun
     resumes without recomputing, and a model fitted on other view models is refused before any inference."""

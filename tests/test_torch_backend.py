@@ -26,6 +26,7 @@ def echo_manifest(tmp_path_factory):
     return folder / "manifest.csv"
 
 
+@pytest.mark.slow
 def test_cmr_bulk_run_on_torch_equals_onnxruntime(echo_manifest, repository, tmp_path):
     """Same generated videos, the exported ONNX (seed 0) vs torch with the same seeded weights."""
     common = ("cmr", str(echo_manifest), "--view", "A4C", "--task", "scar", "--batch-size", "2", "--workers", "0")
@@ -39,6 +40,7 @@ def test_cmr_bulk_run_on_torch_equals_onnxruntime(echo_manifest, repository, tmp
     assert np.abs(a["scar_prob"] - b["scar_prob"]).max() <= PARITY_ATOL
 
 
+@pytest.mark.slow
 def test_mmode_bulk_run_on_torch_equals_onnxruntime(mmode_repository, tmp_path):
     trace, _ = synthetic_mmode(length=900, heart_rate_bpm=480, seed=5)
     write_mmode_dicom(tmp_path / "data" / "mouse.dcm", trace)

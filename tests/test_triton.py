@@ -142,6 +142,7 @@ def test_server_statistics_cover_the_ensemble_steps(triton):
     backend.close()
 
 
+@pytest.mark.usefixtures("triton")  # the cpu-target configs `serve` needs; a server test
 def test_serve_command_starts_and_stops_cleanly(repository, tmp_path):
     from echodeploy.client.tritonserver import free_port
 
