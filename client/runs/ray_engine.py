@@ -111,7 +111,7 @@ def run_ray(pipeline: Pipeline, backend: Backend, make_backend: Callable[[], Bac
         if todo:
             _stream(pipeline, make_backend, todo, prints, finish, options)
 
-    return run_journaled(pipeline, backend, out_dir, on_ray)
+    return run_journaled(pipeline, backend, out_dir, on_ray, engine="ray")
 
 
 def _stream(pipeline, make_backend, todo, prints, finish, options: RayOptions) -> None:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from echodeploy.backends.base import Backend
 from echodeploy.client.decoding import decode_executor, guarded_read, ordered_results
 from echodeploy.client.runs.journal import Journal, fingerprint
+from echodeploy.client.runs.record import ModelRecorder, record_session
 from echodeploy.errors import EXIT_ITEM_ERRORS, EXIT_OK
 
 log = logging.getLogger(__name__)
@@ -109,29 +110,35 @@ def run_bulk(pipeline: Pipeline, backend: Backend, out_dir: Path, workers: int) 
     return run_journaled(pipeline, backend, out_dir, decode_here)
 
 
-def run_journaled(pipeline: Pipeline, backend: Backend, out_dir: Path, process: Callable) -> RunSummary:
+def run_journaled(pipeline: Pipeline, backend: Backend, out_dir: Path, process: Callable,
+                  engine: str = "local") -> RunSummary:
     """What every engine shares: check the models, skip journaled rows, journal and count each finished
-    record, and write the outputs (also when interrupted). `process(todo, prints, inference, finish)`
-    runs the rows `todo` (input fingerprints `prints`) and passes records to `finish` as they finish."""
+    record, write the outputs (also when interrupted) and the run record's session (run.json).
+    `process(todo, prints, inference, finish)` runs the rows `todo` (input fingerprints `prints`) and
+    passes records to `finish` as they finish."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    inference = pipeline.open(backend)
+    recorder = ModelRecorder(backend)
+    inference = pipeline.open(recorder)
     prints = [fingerprint(path) for path in pipeline.paths]
     with Journal(out_dir / JOURNAL) as journal:
         todo = [i for i, key in enumerate(pipeline.keys) if not journal.is_done(key, prints[i])]
         total = len(pipeline.keys)
         if len(todo) < total:
             log.info("resuming: %d of %d %s already done", total - len(todo), total, pipeline.counted)
-        try:
-            with tqdm(total=total, initial=total - len(todo), unit=pipeline.unit, desc=pipeline.name,
-                      dynamic_ncols=True) as progress:
-                def finish(records: list[dict]) -> None:
-                    journal.append([pipeline.finish(record, out_dir) for record in records])
-                    progress.update(len(records))
+        with record_session(out_dir, pipeline, recorder, engine, total, total - len(todo)) as session:
+            try:
+                with tqdm(total=total, initial=total - len(todo), unit=pipeline.unit, desc=pipeline.name,
+                          dynamic_ncols=True) as progress:
+                    def finish(records: list[dict]) -> None:
+                        journal.append([pipeline.finish(record, out_dir) for record in records])
+                        progress.update(len(records))
+                        session.processed += len(records)
 
-                process(todo, prints, inference, finish)
-        finally:
-            summary = pipeline.write_outputs(journal.records, out_dir, inference.learned)
+                    process(todo, prints, inference, finish)
+            finally:
+                summary = pipeline.write_outputs(journal.records, out_dir, inference.learned)
+                session.counts = summary.counts
     return summary
 
 

@@ -21,14 +21,14 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from echodeploy.backends.base import Backend, ModelInfo
+from echodeploy.backends.base import Backend
 from echodeploy.client.runs.cmr import CmrOptions, CmrPipeline
 from echodeploy.client.runs.inputs import VIDEO
 from echodeploy.client.runs.journal import Journal, write_atomic
 from echodeploy.client.runs.mmode import MModeOptions, MModePipeline
+from echodeploy.client.runs.record import ModelRecorder, merge_records, pipeline_options, run_context
 from echodeploy.client.runs.runner import JOURNAL, Pipeline, RunSummary
 from echodeploy.errors import EchodeployError
 
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 SHARD_FILE, INPUTS_FILE = "shard.json", "inputs.json"
 NAME_COLUMNS = ("file", "filename", "FileName", VIDEO, "path")  # a row's name: the first of these it has
 IGNORED_OPTIONS = ("workers", "read_ahead")  # how fast a shard ran, not what it computed
-IGNORED_METADATA = ("echodeploy.agreement",)  # a long report, already covered by the weights' sha256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,28 +83,6 @@ def shard_pipeline(pipeline: Pipeline, shard: Shard) -> Pipeline:
     return part
 
 
-class ModelRecorder:
-    """The backend, noting the metadata of every model the pipeline asks about."""
-
-    def __init__(self, backend: Backend):
-        self.backend, self.name = backend, backend.name
-        self.models: dict[str, dict[str, str]] = {}
-
-    def model_info(self, model: str) -> ModelInfo:
-        info = self.backend.model_info(model)
-        self.models[model] = {k: v for k, v in sorted(info.metadata.items()) if k not in IGNORED_METADATA}
-        return info
-
-    def has_model(self, model: str) -> bool:
-        return self.backend.has_model(model)
-
-    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None):
-        return self.backend.infer(model, inputs, outputs)
-
-    def close(self) -> None:
-        self.backend.close()
-
-
 def run_shard(pipeline: Pipeline, shard: Shard, backend: Backend, out_dir: Path,
               run: Callable[[Pipeline], RunSummary]) -> RunSummary:
     """Run shard `shard` of `pipeline` into `out_dir` with `run` (an engine), after recording it there."""
@@ -115,7 +92,7 @@ def run_shard(pipeline: Pipeline, shard: Shard, backend: Backend, out_dir: Path,
     recorder = ModelRecorder(backend)
     learned = part.open(recorder).learned  # checks the models and notes what they are
     record = {"pipeline": pipeline.name, "shard": [shard.index, shard.count], "rows": len(part.keys),
-              "options": _options(pipeline), "models": recorder.models, "learned": learned}
+              "options": pipeline_options(pipeline), "models": recorder.models, "learned": learned}
     previous = out_dir / SHARD_FILE
     if previous.exists():
         found = _load(previous)
@@ -127,7 +104,8 @@ def run_shard(pipeline: Pipeline, shard: Shard, backend: Backend, out_dir: Path,
     write_atomic(out_dir / INPUTS_FILE, lambda tmp: tmp.write_text(inputs_text))
     write_atomic(previous, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
     log.info("shard %s: %d of %d %s", shard, len(part.keys), len(pipeline.keys), pipeline.counted)
-    return run(part)
+    with run_context(shard=str(shard)):
+        return run(part)
 
 
 def merge_shards(folders: list[Path], out_dir: Path) -> RunSummary:
@@ -155,12 +133,9 @@ def merge_shards(folders: list[Path], out_dir: Path) -> RunSummary:
     (out_dir / JOURNAL).unlink(missing_ok=True)
     with Journal(out_dir / JOURNAL) as journal:  # the merged folder resumes like an unsharded run's
         journal.append([records[key] for key in pipeline.keys if key in records])
-        return pipeline.write_outputs(journal.records, out_dir, shards[0]["learned"])
-
-
-def _options(pipeline: Pipeline) -> dict:
-    options = dataclasses.asdict(pipeline.options)
-    return json.loads(json.dumps(options, default=str))  # tuples as lists and paths as text, as they read back
+        summary = pipeline.write_outputs(journal.records, out_dir, shards[0]["learned"])
+    merge_records(folders, out_dir, len(pipeline.keys), summary.counts)
+    return summary
 
 
 def _label(record: dict) -> str:
