@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup server-env server-env-torch demo lint test test-fast clean
+.PHONY: setup server-env server-env-torch browser demo lint test test-fast clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ server-env: setup
 server-env-torch: server-env
 	$(BIN)/python -c "from echodeploy.client.tritonserver import ensure_server_env; ensure_server_env(torch=True)"
 
+# The report's tests open pages in Debian's Chromium (CI runs as root on Debian 12); installed once.
+browser:
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
 demo: setup
 	$(BIN)/echodeploy demo
 
@@ -36,7 +40,7 @@ lint: setup
 	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w build/layers . 2>/dev/null
 	cd build/layers && $(PYTHON) -m zipfile -e *.whl . && PYTHONPATH=. ../../$(BIN)/lint-imports ../../pyproject.toml
 
-test: lint server-env-torch
+test: lint server-env-torch browser
 	$(BIN)/python -m pytest
 
 # The working loop: pure and small real-file tests; no tritonserver, Ray, wheel install or minutes-long runs.

@@ -29,7 +29,7 @@ import statsmodels.api as sm
 from sklearn.model_selection import KFold, StratifiedKFold
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationError, PerfectSeparationWarning
 
-from echodeploy.client.results.metrics import binary_metrics, rank_auc, regression_metrics, roc_auc
+from echodeploy.client.results.metrics import binary_metrics, rank_auc, regression_metrics, reliability_bins, roc_auc
 from echodeploy.client.runs.cmr import IDENTITY, VIEW_MODELS_FILE
 from echodeploy.client.runs.inputs import STUDY, TARGET, VIDEO, read_table, target_values
 from echodeploy.client.runs.journal import write_atomic, write_csv_atomic
@@ -264,15 +264,6 @@ def _paired_auc_difference(y, a, b, n_bootstrap: int = N_BOOTSTRAP, seed: int = 
     diffs = np.array([rank_auc(y[s], a[s]) - rank_auc(y[s], b[s]) for s in samples])
     diffs = diffs[~np.isnan(diffs)]
     return {"estimate": float(estimate), "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]}
-
-
-def reliability_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict]:
-    """Equal-count bins of predicted probability: mean predicted, observed fraction, studies."""
-    if len(y) == 0:
-        return []
-    groups = pd.qcut(pd.Series(p).rank(method="first"), q=min(bins, len(y)), labels=False)
-    frame = pd.DataFrame({"p": p, "y": y, "bin": groups}).groupby("bin")
-    return [{"predicted": float(g["p"].mean()), "observed": float(g["y"].mean()), "n": len(g)} for _, g in frame]
 
 
 def cross_validate(table: pd.DataFrame, views: tuple[str, ...], kind: str, folds: int, seed: int) -> dict:

@@ -1,4 +1,4 @@
-"""Evaluation against TARGET: ROC AUC with bootstrap CI and Youden cut-off; regression errors."""
+"""Evaluation against TARGET: ROC AUC with bootstrap CI and Youden cut-off, reliability bins; regression errors."""
 
 from __future__ import annotations
 
@@ -70,3 +70,12 @@ def regression_metrics(y, value) -> dict:
         "rmse": float(np.sqrt((error**2).mean())),
         "pearson_r": pearson,
     }
+
+
+def reliability_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict]:
+    """Equal-count bins of predicted probability: mean predicted, observed fraction, items."""
+    if len(y) == 0:
+        return []
+    groups = pd.qcut(pd.Series(p).rank(method="first"), q=min(bins, len(y)), labels=False)
+    frame = pd.DataFrame({"p": p, "y": y, "bin": groups}).groupby("bin")
+    return [{"predicted": float(g["p"].mean()), "observed": float(g["y"].mean()), "n": len(g)} for _, g in frame]

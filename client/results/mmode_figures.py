@@ -13,6 +13,13 @@ import pandas as pd  # noqa: E402
 
 from echodeploy.client.results.mmode_features import teichholz_volume_ul  # noqa: E402
 
+FIGURE_KINDS = ("quality", "mask", "lvid", "heart_rate")  # figures/<stem>_<kind>.png
+
+
+def figure_stem(file: str) -> str:
+    """The figures' name of an input file: its path in the study without suffix, '/' as '__'."""
+    return Path(file).with_suffix("").as_posix().replace("/", "__")
+
 
 def _shade_bad(ax, times: np.ndarray, good: np.ndarray) -> None:
     """Grey spans where the quality network found the recording bad."""

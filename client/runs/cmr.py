@@ -226,6 +226,22 @@ def studies_table(predictions: pd.DataFrame, tasks: tuple[str, ...]) -> pd.DataF
     return pd.DataFrame(rows, columns=[STUDY, "task", "output", "n_videos", *VIEWS, "all_views", "untrained"])
 
 
+def evaluation_sets(predictions: pd.DataFrame, studies: pd.DataFrame, task: str) -> dict[str, pd.DataFrame]:
+    """What `task` is scored on, as (TARGET, prediction) columns: 'all' ok videos with a usable TARGET,
+    each view's, and 'studies' (a study's first TARGET against its mean of view means)."""
+    spec = TASKS[task]
+    target = target_values(predictions[TARGET])
+    if spec.kind == "binary":
+        target = target.where(target.isin([0, 1]))
+    ok = predictions.assign(**{TARGET: target})[(predictions["status"] == "ok") & target.notna()]
+    sets = {"all": ok[[TARGET, spec.output]]}
+    for view, group in ok.groupby("view"):
+        sets[view] = group[[TARGET, spec.output]]
+    per_study = studies[studies["task"] == task].set_index(STUDY)["all_views"]
+    sets["studies"] = pd.concat([ok.groupby(STUDY)[TARGET].first(), per_study], axis=1, join="inner")
+    return sets
+
+
 def evaluate(predictions: pd.DataFrame, studies: pd.DataFrame, task: str) -> dict:
     """Metrics of `task` against TARGET, per view and pooled (videos) and per study."""
     spec = TASKS[task]
@@ -234,14 +250,13 @@ def evaluate(predictions: pd.DataFrame, studies: pd.DataFrame, task: str) -> dic
     if spec.kind == "binary" and (outside := ~target.isin([0, 1]) & target.notna()).any():
         log.warning("TARGET: %d values other than 0/1 for binary task %s are left out of the metrics",
                     outside.sum(), task)
-        target = target.where(~outside)
-    ok = predictions.assign(**{TARGET: target})[(predictions["status"] == "ok") & target.notna()]
-    result = {"task": task, "kind": spec.kind, "videos": {"all": score(ok[TARGET], ok[spec.output])}}
-    for view, group in ok.groupby("view"):
-        result["videos"][view] = score(group[TARGET], group[spec.output])
-    per_study = studies[studies["task"] == task].set_index(STUDY)["all_views"]
-    joined = pd.concat([ok.groupby(STUDY)[TARGET].first(), per_study], axis=1, join="inner")
-    result["studies"] = score(joined.iloc[:, 0], joined.iloc[:, 1])
+    result = {"task": task, "kind": spec.kind, "videos": {}}
+    for name, pairs in evaluation_sets(predictions, studies, task).items():
+        metrics = score(pairs.iloc[:, 0], pairs.iloc[:, 1])
+        if name == "studies":
+            result["studies"] = metrics
+        else:
+            result["videos"][name] = metrics
     return result
 
 

@@ -231,8 +231,10 @@ def _features(state: dict, probabilities: np.ndarray, options: MModeOptions, unt
                        "duration_s": round(len(counts) * state["seconds_per_px"], 4), **beat_stats(beats)}
     record["beats"] = every_beat.to_dict("records")  # the journal keeps every beat; writing picks
     if options.figures:
+        from echodeploy.client.results.mmode_figures import figure_stem
+
         record["figure"] = {
-            "stem": Path(state["file"]).with_suffix("").as_posix().replace("/", "__"), "trace": state["trace"],
+            "stem": figure_stem(state["file"]), "trace": state["trace"],
             "seconds_per_px": state["seconds_per_px"], "mm_per_px": state["mm_per_px"], "counts": counts,
             "mean_rows": np.divide(row_sums, counts, out=np.zeros_like(row_sums), where=counts > 0),
             "spans": spans, "probabilities": probabilities, "good": good, "beats": beats, "untrained": untrained}
