@@ -449,9 +449,9 @@ def mmode_sections(folder: Path) -> tuple[list[str], list[str], pd.DataFrame]:
             records = {int(key.split("|", 1)[0]): r for key, r in journal.records.items() if key.split("|")[0].isdigit()}
     stats = pd.DataFrame([records.get(i, {}).get("stats", {}) if status == "ok" else {}
                           for i, status in enumerate(files["status"])], index=files.index)
-    beats = [good_events(pd.DataFrame(records[i]["beats"])) for i, status in enumerate(files["status"])
-             if status == "ok" and records.get(i, {}).get("beats")]
-    beats = pd.concat(beats, ignore_index=True) if beats else pd.DataFrame(columns=[c for _, c, _ in BEAT_VALUES])
+    every = [beat for i, status in enumerate(files["status"]) if status == "ok"
+             for beat in records.get(i, {}).get("beats", [])]
+    beats = good_events(pd.DataFrame(every, columns=list(every[0]) if every else [c for _, c, _ in BEAT_VALUES]))
     untrained = ["M-mode models of files marked untrained"] if _flags(files.get("untrained", pd.Series())).any() else []
     sections = [_beat_distributions(beats), _mmode_figures(folder, files), _files_table(folder, files, stats, written)]
     rows = pd.DataFrame({"name": files["file"], "status": files["status"], "error": files.get("error")})

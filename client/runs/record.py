@@ -138,7 +138,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _machine() -> dict:
+def machine() -> dict:
+    """The processor, its cores and the Python version."""
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as info:
@@ -190,7 +191,7 @@ def record_session(out_dir: Path, pipeline, recorder: ModelRecorder, engine: str
     record = {**before, "format": FORMAT, "pipeline": pipeline.name, "version": __version__, "engine": engine,
               "backend": recorder.name, **fields}
     record.update(rows=rows, counted=pipeline.counted, options=pipeline_options(pipeline),
-                  models=model_entries(recorder.models, _context.get().get("models")), machine=_machine())
+                  models=model_entries(recorder.models, _context.get().get("models")), machine=machine())
     if command is not None:
         record["command"] = redact_command(command if isinstance(command, (list, tuple)) else command.split())
     session = {"start": _now(), "end": None, "outcome": "running", "engine": engine, "rows_done_before": done}
