@@ -40,7 +40,9 @@ EXAMPLES = 5  # rows named per failure reason
 REASONS = 50  # failure reasons listed; the rest are counted
 NAME_COLUMNS = ("file", "filename", "FileName", VIDEO, "path")  # a row's name: the first of these it has
 MODEL_FIELDS = ("view", "task", "kind", "checkpoint_sha256", "precision", "untrained", "random_seed")
-DONE = ("ok", "pending")  # statuses that are not failures
+DONE = ("ok", "pending")
+SHOWN_FIELDS = ("format", "pipeline", "version", "engine", "backend", "rows", "counted", "options", "models", "machine",
+                "command", "sessions", "seconds", "rows_processed", "rows_per_s", "merged", "settings")  # statuses that are not failures
 
 
 class Html(str):
@@ -204,8 +206,9 @@ def header(title: str, record: dict, folder: Path, extra_untrained: list[str] = 
     facts = [("command", Html(f"<code>{esc(' '.join(command))}</code>") if command else "not recorded"),
              ("echodeploy", record.get("version", "-")), ("pipeline", record.get("pipeline", "-")),
              ("engine", record.get("engine", "-")), ("backend", record.get("backend", "-"))]
-    facts += [(key.replace("_", " "), value) for key, value in record.items()
-              if key in ("backend_choice", "shard")]
+    facts += [(key.replace("_", " "), value if isinstance(value, (str, int, float)) else
+               Html(f"<code>{esc(json.dumps(value))}</code>")) for key, value in record.items()
+              if key not in SHOWN_FIELDS]  # what the caller added (run_context), shown as it is
     if "merged" in record:
         facts.append(("merged from", f"{len(record['merged']['shards'])} shards: "
                                      + ", ".join(record["merged"]["shards"])))
