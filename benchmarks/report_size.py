@@ -81,7 +81,7 @@ def cmr_run(out: Path, rows: int, seed: int = 0) -> Path:
                         "clips": int(status == "ok"), "untrained": False,
                         "outputs": {"scar_prob": probability} if status == "ok" else {}}
     out.mkdir(parents=True, exist_ok=True)
-    pipeline.write_outputs(records, out)
+    pipeline.write_outputs(records, out, {"untrained": False, "view_models": {}})
     _record_run(out, pipeline, rows, len(records), seconds=rows / 24.0)
     return out
 
@@ -103,7 +103,7 @@ def mmode_run(out: Path, rows: int, figures: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     inputs = pd.DataFrame({"file": [f"cohort/mouse{i:05d}.dcm" for i in range(rows)],
                            "path": [f"/data/mmode/cohort/mouse{i:05d}.dcm" for i in range(rows)], "mass_g": 24.0})
-    pipeline = MModePipeline(inputs, MModeOptions(figures=False), out)
+    pipeline = MModePipeline(inputs, MModeOptions(figures=False))
     states = [_file_state(rng) for _ in range(16)]  # reused: beat detection is not what is measured
     out.mkdir(parents=True, exist_ok=True)
     drawn = 0
@@ -125,7 +125,7 @@ def mmode_run(out: Path, rows: int, figures: int, seed: int = 0) -> Path:
                                  counts, mean_rows, spans, probabilities, quality > 0.5, good, False)
                     drawn += 1
             journal.append([record])
-        pipeline.write_outputs(journal.records, out)
+        pipeline.write_outputs(journal.records, out, {"untrained": False})
     _record_run(out, pipeline, rows, len(journal.records), seconds=rows * 1.8)
     return out
 
