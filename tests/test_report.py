@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from echodeploy.benchmarks.browser import chromium, open_page
-from echodeploy.backends.onnxruntime import OnnxRuntimeBackend
-from echodeploy.client.results import report
 from echodeploy.analysis.pheno import PhenoOptions, run_pheno
-from echodeploy.client.results.report import build_report
 from echodeploy.analysis.study_model import apply_study_model, fit_study_model, save_study_model
+from echodeploy.backends.onnxruntime import OnnxRuntimeBackend
+from echodeploy.benchmarks.browser import chromium, open_page
+from echodeploy.client.results import report
+from echodeploy.client.results.report import build_report
 from echodeploy.client.runs.cmr import CmrOptions, CmrPipeline, run_cmr
 from echodeploy.client.runs.inputs import read_inputs
 from echodeploy.client.runs.mmode import MModeOptions, read_mmode_inputs, run_mmode
